@@ -1,0 +1,49 @@
+"""ERA (Entropy Regularizing Activation): the maths, in pure PyTorch.
+
+Nothing here imports Stable-Baselines3, timm or TRL; the adapter packages build on it.
+"""
+
+from era_core.gaussian import (
+    BatchGaussianERA,
+    GaussianERA,
+    gaussian_entropy,
+    gaussian_era_log_std,
+    max_feasible_target,
+    resolve_target_entropy,
+)
+from era_core.llm import (
+    categorical_entropy,
+    check_response_era_args,
+    response_logit_factors,
+    scaled_advantages,
+    scaled_token_logprobs,
+    top_entropy_mean,
+)
+from era_core.softmax import (
+    SoftmaxERA,
+    check_softmax_era_args,
+    softmax_era_feasible_range,
+    softmax_era_logits,
+)
+from era_core.truncated_normal import TruncatedNormal, ndtri_exp
+
+__all__ = [
+    "BatchGaussianERA",
+    "GaussianERA",
+    "SoftmaxERA",
+    "TruncatedNormal",
+    "categorical_entropy",
+    "check_response_era_args",
+    "check_softmax_era_args",
+    "gaussian_entropy",
+    "gaussian_era_log_std",
+    "max_feasible_target",
+    "ndtri_exp",
+    "resolve_target_entropy",
+    "response_logit_factors",
+    "scaled_advantages",
+    "scaled_token_logprobs",
+    "softmax_era_feasible_range",
+    "softmax_era_logits",
+    "top_entropy_mean",
+]

@@ -1,0 +1,110 @@
+"""Response-level ERA for LLM policy gradients (spec section 3): per-response logit factors."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def _check_top_fraction(top_fraction: float) -> None:
+    if not 0.0 < top_fraction <= 1.0:
+        raise ValueError(f"top_fraction must be in (0, 1], got {top_fraction}")
+
+
+def top_entropy_mean(
+    token_entropy: torch.Tensor, response_mask: torch.Tensor, top_fraction: float = 0.2
+) -> torch.Tensor:
+    """Spec 3.2: ``H_resp``, the mean of the ``k = max(1, floor(top_fraction * len))`` largest token entropies.
+
+    :param token_entropy: ``(B, T)`` per-token entropies of the current policy.
+    :param response_mask: ``(B, T)`` mask (bool or 0/1) of the response tokens.
+    :param top_fraction: share of the response's tokens (the "forking tokens") that are averaged.
+    :return: ``(B,)`` float tensor; 0 for an empty response.
+    """
+    _check_top_fraction(top_fraction)
+    if token_entropy.shape != response_mask.shape or token_entropy.dim() != 2:
+        raise ValueError(
+            f"token_entropy and response_mask must both be (B, T), got {tuple(token_entropy.shape)} "
+            f"and {tuple(response_mask.shape)}"
+        )
+    mask = response_mask.bool()
+    lengths = mask.sum(dim=-1)
+    # float64 so that k equals Python's floor(top_fraction * len) exactly.
+    k = torch.floor(lengths.double() * top_fraction).clamp_min(1).to(lengths.dtype)
+    entropy = token_entropy.float().masked_fill(~mask, -math.inf)
+    ranked = entropy.sort(dim=-1, descending=True).values
+    chosen = torch.arange(ranked.shape[-1], device=ranked.device) < k.unsqueeze(-1)
+    top_sum = torch.where(chosen & ranked.isfinite(), ranked, torch.zeros_like(ranked)).sum(dim=-1)
+    return torch.where(lengths > 0, top_sum / k, torch.zeros_like(top_sum))
+
+
+def response_logit_factors(
+    token_entropy: torch.Tensor,
+    response_mask: torch.Tensor,
+    advantages: torch.Tensor,
+    lb: float,
+    ub: float,
+    k: float = 2.0,
+    top_fraction: float = 0.2,
+    adv_threshold: float = 0.0,
+) -> torch.Tensor:
+    """Spec 3.3: the per-response factor ``c_r`` that multiplies the logits in the loss's log-probs.
+
+    ``c_r = k`` (sharpen) when ``A_r > adv_threshold`` and ``H_resp < lb``; ``c_r = 1/k`` (flatten) when
+    ``A_r > adv_threshold`` and ``H_resp > ub``; otherwise 1 (also for empty responses).
+
+    :param advantages: ``(B,)`` advantages, or ``(B, T)`` per-token ones (the first response token is read).
+    :return: ``(B,)`` float32 factors.
+    """
+    check_response_era_args(lb, ub, k, top_fraction)
+    h_resp = top_entropy_mean(token_entropy, response_mask, top_fraction)
+    if advantages.dim() == 2:
+        advantages = advantages[:, 0]
+    if advantages.shape != h_resp.shape:
+        raise ValueError(f"advantages must be (B,) with B={h_resp.shape[0]}, got {tuple(advantages.shape)}")
+    eligible = (advantages > adv_threshold) & response_mask.bool().any(dim=-1)
+    ones = torch.ones_like(h_resp)
+    factors = torch.where(eligible & (h_resp < lb), ones * k, ones)
+    return torch.where(eligible & (h_resp > ub), ones / k, factors)
+
+
+def check_response_era_args(lb: float, ub: float, k: float, top_fraction: float = 0.2) -> None:
+    """Raise ``ValueError`` unless ``0 <= lb < ub``, ``k > 1`` and ``0 < top_fraction <= 1``."""
+    if not (math.isfinite(lb) and math.isfinite(ub) and 0.0 <= lb < ub):
+        raise ValueError(f"need 0 <= lb < ub (finite), got lb={lb}, ub={ub}")
+    if not (math.isfinite(k) and k > 1.0):
+        raise ValueError(f"k must be a finite number > 1, got {k}")
+    _check_top_fraction(top_fraction)
+
+
+def scaled_advantages(advantages: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+    """Spec 3.5: ``A / k`` for sharpened and ``A * k`` for flattened responses, i.e. ``A / c_r``."""
+    view = factors.view(factors.shape + (1,) * (advantages.dim() - factors.dim()))
+    return advantages / view.to(advantages.dtype)
+
+
+def categorical_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy (nats) of ``softmax(logits)`` over the last dimension, computed in float32."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return -(logp.exp() * logp).sum(dim=-1)
+
+
+def scaled_token_logprobs(
+    logits: torch.Tensor, tokens: torch.Tensor, factors: torch.Tensor, topk: int | None = None
+) -> torch.Tensor:
+    """Spec 3.4/3.6: ``log_softmax(c_r * logits)`` at the sampled tokens, optionally over the top-k logits only.
+
+    With ``topk`` the distribution is renormalised over the ``topk`` largest logits and a token outside
+    them gets log-prob ``-1e4``. Reference form (it holds a scaled copy of the logits); adapters chunk it.
+
+    :param logits: ``(B, T, V)``; :param tokens: ``(B, T)``; :param factors: ``(B,)``.
+    :return: ``(B, T)`` float32 log-probs.
+    """
+    scaled = logits.float() * factors.float().view(-1, 1, 1)
+    picked = scaled.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    if topk is None:
+        return picked - torch.logsumexp(scaled, dim=-1)
+    top = scaled.topk(topk, dim=-1).values
+    in_top = picked >= top[..., -1]
+    return torch.where(in_top, picked - torch.logsumexp(top, dim=-1), torch.full_like(picked, -1e4))

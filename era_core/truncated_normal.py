@@ -1,0 +1,193 @@
+"""A truncated normal distribution, numerically safe in the tails (spec section 1.1).
+
+Every quantity is computed from log-space normal CDFs. Where the interval lies in the upper tail
+(``alpha + beta > 0``) the computation uses the mirror image ``Phi(b) - Phi(a) = Phi(-a) - Phi(-b)``, so
+the CDF differences never cancel, and quantiles are taken with :func:`ndtri_exp`, the inverse of
+``log Phi``, so probabilities below float32's smallest normal number still give finite samples.
+"""
+
+from __future__ import annotations
+
+import math
+from numbers import Number
+
+import torch
+from torch.distributions import Distribution, constraints
+from torch.distributions.utils import broadcast_all
+
+_HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+_HALF_LOG_2PI_E = 0.5 * math.log(2.0 * math.pi * math.e)
+
+
+def _log1mexp(x: torch.Tensor) -> torch.Tensor:
+    """``log(1 - exp(x))`` for ``x <= 0``, accurate on both sides of ``-ln 2``."""
+    near_zero = x > -math.log(2.0)
+    safe_near = torch.where(near_zero, x, torch.full_like(x, -1.0))
+    safe_far = torch.where(near_zero, torch.full_like(x, -1.0), x)
+    return torch.where(near_zero, torch.log(-torch.expm1(safe_near)), torch.log1p(-torch.exp(safe_far)))
+
+
+def log_ndtr_diff(upper: torch.Tensor, lower: torch.Tensor) -> torch.Tensor:
+    """``log(Phi(upper) - Phi(lower))`` for ``lower <= upper``, without cancellation in either tail."""
+    mirrored = (lower + upper) > 0
+    hi = torch.where(mirrored, -lower, upper)
+    lo = torch.where(mirrored, -upper, lower)
+    log_hi = torch.special.log_ndtr(hi)
+    return log_hi + _log1mexp(torch.special.log_ndtr(lo) - log_hi)
+
+
+def _log_normal_pdf(x: torch.Tensor) -> torch.Tensor:
+    return -0.5 * x * x - _HALF_LOG_2PI
+
+
+class _NdtriExp(torch.autograd.Function):
+    """``x = Phi^-1(exp(log_p))`` with the derivative ``dx/dlog_p = exp(log_p - log phi(x))``."""
+
+    @staticmethod
+    def forward(ctx, log_p: torch.Tensor) -> torch.Tensor:
+        x = _ndtri_exp_value(log_p)
+        ctx.save_for_backward(log_p, x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        log_p, x = ctx.saved_tensors
+        return grad * torch.exp(log_p - _log_normal_pdf(x))
+
+
+def _ndtri_exp_value(log_p: torch.Tensor) -> torch.Tensor:
+    tiny_log = math.log(torch.finfo(log_p.dtype).tiny) + 1.0
+    upper_half = log_p > -math.log(2.0)
+    deep_tail = log_p < tiny_log
+    # Upper half: Phi^-1(p) = -Phi^-1(1 - p), with 1 - p = -expm1(log_p) kept exact.
+    lp_upper = torch.where(upper_half, log_p, torch.full_like(log_p, -1.0))
+    x_upper = -torch.special.ndtri(-torch.expm1(lp_upper))
+    lp_mid = torch.where(upper_half | deep_tail, torch.full_like(log_p, -1.0), log_p)
+    x_mid = torch.special.ndtri(torch.exp(lp_mid))
+    # Deep lower tail (p below the dtype's smallest normal): asymptotic start, Newton on log Phi(x) = log_p.
+    lp_tail = torch.where(deep_tail, log_p, torch.full_like(log_p, 2.0 * tiny_log))
+    t = -2.0 * lp_tail
+    x_tail = -torch.sqrt(t - torch.log(t) - math.log(2.0 * math.pi))
+    for _ in range(4):
+        log_cdf = torch.special.log_ndtr(x_tail)
+        x_tail = x_tail - (log_cdf - lp_tail) * torch.exp(log_cdf - _log_normal_pdf(x_tail))
+    return torch.where(upper_half, x_upper, torch.where(deep_tail, x_tail, x_mid))
+
+
+def ndtri_exp(log_p: torch.Tensor) -> torch.Tensor:
+    """Standard normal quantile of ``exp(log_p)``, finite for every ``log_p < 0`` (differentiable)."""
+    return _NdtriExp.apply(log_p)
+
+
+class TruncatedNormal(Distribution):
+    """Normal distribution ``N(loc, scale^2)`` restricted to ``[low, high]`` and renormalised.
+
+    :param loc: location of the parent normal (the mode when inside ``[low, high]``).
+    :param scale: scale of the parent normal, ``> 0``.
+    :param low: lower bound of the support.
+    :param high: upper bound of the support, ``> low``.
+
+    Half-precision parameters (bfloat16, float16) are computed in float32 and results are returned in
+    the parameters' dtype, since PyTorch's ``log_ndtr`` has no half-precision kernels.
+    """
+
+    arg_constraints = {
+        "loc": constraints.real,
+        "scale": constraints.positive,
+        "low": constraints.real,
+        "high": constraints.real,
+    }
+    has_rsample = True
+
+    def __init__(
+        self,
+        loc: torch.Tensor | float,
+        scale: torch.Tensor | float,
+        low: torch.Tensor | float = -1.0,
+        high: torch.Tensor | float = 1.0,
+        validate_args: bool | None = None,
+    ) -> None:
+        params = broadcast_all(loc, scale, low, high)
+        self._out_dtype = params[0].dtype
+        if self._out_dtype in (torch.bfloat16, torch.float16):
+            params = tuple(p.float() for p in params)
+        self.loc, self.scale, self.low, self.high = params
+        if not torch.jit.is_tracing() and bool((self.low >= self.high).any()):
+            raise ValueError(f"TruncatedNormal needs low < high everywhere, got low={low}, high={high}")
+        batch_shape = torch.Size() if all(isinstance(v, Number) for v in (loc, scale)) else self.loc.shape
+        super().__init__(batch_shape=batch_shape, validate_args=validate_args)
+        self._alpha = (self.low - self.loc) / self.scale
+        self._beta = (self.high - self.loc) / self.scale
+        self._log_z = log_ndtr_diff(self._beta, self._alpha)
+
+    @constraints.dependent_property(is_discrete=False, event_dim=0)
+    def support(self) -> constraints.Constraint:
+        return constraints.interval(self.low, self.high)
+
+    def expand(self, batch_shape: torch.Size, _instance: TruncatedNormal | None = None) -> TruncatedNormal:
+        new = self._get_checked_instance(TruncatedNormal, _instance)
+        batch_shape = torch.Size(batch_shape)
+        for name in ("loc", "scale", "low", "high", "_alpha", "_beta", "_log_z"):
+            setattr(new, name, getattr(self, name).expand(batch_shape))
+        new._out_dtype = self._out_dtype
+        super(TruncatedNormal, new).__init__(batch_shape, validate_args=False)
+        new._validate_args = self._validate_args
+        return new
+
+    def _pdf_over_z(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.exp(_log_normal_pdf(x) - self._log_z)
+
+    @property
+    def mode(self) -> torch.Tensor:
+        return torch.minimum(torch.maximum(self.loc, self.low), self.high).to(self._out_dtype)
+
+    @property
+    def mean(self) -> torch.Tensor:
+        mean = self.loc + self.scale * (self._pdf_over_z(self._alpha) - self._pdf_over_z(self._beta))
+        return mean.to(self._out_dtype)
+
+    @property
+    def variance(self) -> torch.Tensor:
+        pa, pb = self._pdf_over_z(self._alpha), self._pdf_over_z(self._beta)
+        variance = self.scale.pow(2) * (1.0 + self._alpha * pa - self._beta * pb - (pa - pb).pow(2))
+        return variance.to(self._out_dtype)
+
+    def entropy(self) -> torch.Tensor:
+        """``ln(sqrt(2 pi e) scale Z) + (alpha phi(alpha) - beta phi(beta)) / (2 Z)`` per element."""
+        tail = self._alpha * self._pdf_over_z(self._alpha) - self._beta * self._pdf_over_z(self._beta)
+        entropy = _HALF_LOG_2PI_E + torch.log(self.scale) + self._log_z + 0.5 * tail
+        return entropy.to(self._out_dtype)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        value = value.to(self.loc.dtype)
+        xi = (value - self.loc) / self.scale
+        log_p = _log_normal_pdf(xi) - torch.log(self.scale) - self._log_z
+        inside = (value >= self.low) & (value <= self.high)
+        return torch.where(inside, log_p, torch.full_like(log_p, -math.inf)).to(self._out_dtype)
+
+    def cdf(self, value: torch.Tensor) -> torch.Tensor:
+        xi = ((value.to(self.loc.dtype) - self.loc) / self.scale).clamp(min=self._alpha, max=self._beta)
+        return torch.exp(log_ndtr_diff(xi, self._alpha) - self._log_z).clamp(0.0, 1.0).to(self._out_dtype)
+
+    def icdf(self, value: torch.Tensor) -> torch.Tensor:
+        """Quantile: ``loc + scale * Phi^-1(Phi(alpha) + value * Z)``, mirrored in the upper tail."""
+        value = torch.as_tensor(value, dtype=self.loc.dtype, device=self.loc.device)
+        mirrored = (self._alpha + self._beta) > 0
+        # In the mirror image the quantile 1 - value of -X is taken from the lower bound -beta.
+        start = torch.where(mirrored, -self._beta, self._alpha)
+        fraction = torch.where(mirrored, 1.0 - value, value)
+        tiny = torch.finfo(fraction.dtype).tiny
+        log_p = torch.logaddexp(
+            torch.special.log_ndtr(start), torch.log(fraction.clamp_min(tiny)) + self._log_z
+        )
+        z = ndtri_exp(log_p.clamp(max=-tiny))
+        x = self.loc + self.scale * torch.where(mirrored, -z, z)
+        return torch.minimum(torch.maximum(x, self.low), self.high).to(self._out_dtype)
+
+    def rsample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+        shape = self._extended_shape(sample_shape)
+        eps = torch.finfo(self.loc.dtype).eps
+        u = torch.rand(shape, dtype=self.loc.dtype, device=self.loc.device).clamp(eps, 1.0 - eps)
+        return self.icdf(u)

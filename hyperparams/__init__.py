@@ -1,0 +1,1 @@
+"""rl-zoo3 hyper-parameter files for ERA algorithms."""

@@ -1,0 +1,152 @@
+"""Spec section 3: response-level factors, H_resp and the transformed log-probs against plain references."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from era_core import (
+    categorical_entropy,
+    response_logit_factors,
+    scaled_advantages,
+    scaled_token_logprobs,
+    top_entropy_mean,
+)
+
+
+def _reference_factors(entropy, mask, advantages, lb, ub, k, top_fraction, threshold):
+    """Spec 3 written as a plain loop over responses."""
+    factors = []
+    for row in range(entropy.shape[0]):
+        values = sorted((entropy[row][mask[row]]).tolist(), reverse=True)
+        if not values:
+            factors.append(1.0)
+            continue
+        top = max(1, math.floor(top_fraction * len(values)))
+        h_resp = sum(values[:top]) / top
+        if advantages[row] > threshold and h_resp < lb:
+            factors.append(k)
+        elif advantages[row] > threshold and h_resp > ub:
+            factors.append(1.0 / k)
+        else:
+            factors.append(1.0)
+    return torch.tensor(factors)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    batch=st.integers(1, 9),
+    length=st.integers(1, 40),
+    lb=st.floats(0.0, 1.5),
+    width=st.floats(0.01, 3.0),
+    k=st.floats(1.01, 5.0),
+    top_fraction=st.floats(0.01, 1.0),
+    threshold=st.sampled_from([0.0, 1.0]),
+    seed=st.integers(0, 2**16),
+)
+def test_response_logit_factors_match_reference(batch, length, lb, width, k, top_fraction, threshold, seed):
+    gen = torch.Generator().manual_seed(seed)
+    entropy = torch.rand(batch, length, generator=gen) * 4.0
+    lengths = torch.randint(0, length + 1, (batch,), generator=gen)
+    mask = torch.arange(length) < lengths[:, None]
+    advantages = torch.randn(batch, generator=gen) * 2.0
+    ub = lb + width
+    got = response_logit_factors(entropy, mask, advantages, lb, ub, k, top_fraction, threshold)
+    expected = _reference_factors(entropy, mask, advantages, lb, ub, k, top_fraction, threshold)
+    torch.testing.assert_close(got, expected.float())
+
+
+def test_top_entropy_mean_uses_the_largest_fifth() -> None:
+    entropy = torch.tensor([[0.1, 5.0, 0.2, 4.0, 0.3, 0.0, 0.0, 0.0, 0.0, 0.0, 9.0]])
+    mask = torch.tensor([[1] * 10 + [0]])  # the 9.0 is padding and must be ignored
+    assert top_entropy_mean(entropy, mask).item() == pytest.approx(4.5)  # k = floor(0.2 * 10) = 2
+    short = torch.tensor([[0.5, 2.0, 0.1]])
+    assert top_entropy_mean(short, torch.ones_like(short)).item() == pytest.approx(2.0)  # k = max(1, 0)
+
+
+def test_empty_responses_get_factor_one() -> None:
+    entropy = torch.zeros(2, 4)
+    mask = torch.tensor([[0, 0, 0, 0], [1, 1, 0, 0]])
+    factors = response_logit_factors(entropy, mask, torch.tensor([1.0, 1.0]), lb=0.45, ub=3.0)
+    torch.testing.assert_close(factors, torch.tensor([1.0, 2.0]))
+
+
+def test_advantage_threshold_reproduces_released_code_rule() -> None:
+    entropy, mask = torch.zeros(3, 5), torch.ones(3, 5)
+    advantages = torch.tensor([0.5, 1.0, 1.5])
+    paper = response_logit_factors(entropy, mask, advantages, lb=0.45, ub=3.0)
+    released = response_logit_factors(entropy, mask, advantages, lb=0.45, ub=3.0, adv_threshold=0.999)
+    torch.testing.assert_close(paper, torch.tensor([2.0, 2.0, 2.0]))
+    torch.testing.assert_close(released, torch.tensor([1.0, 2.0, 2.0]))
+
+
+def test_per_token_advantages_are_accepted() -> None:
+    entropy, mask = torch.full((2, 3), 5.0), torch.ones(2, 3)
+    factors = response_logit_factors(entropy, mask, torch.tensor([[1.0] * 3, [-1.0] * 3]), lb=0.45, ub=3.0)
+    torch.testing.assert_close(factors, torch.tensor([0.5, 1.0]))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(lb=3.0, ub=0.45), "0 <= lb < ub"),
+        (dict(lb=-0.1, ub=1.0), "0 <= lb < ub"),
+        (dict(lb=0.1, ub=1.0, k=1.0), "k must be"),
+        (dict(lb=0.1, ub=1.0, top_fraction=0.0), "top_fraction"),
+    ],
+)
+def test_bad_arguments_raise(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        response_logit_factors(torch.zeros(1, 2), torch.ones(1, 2), torch.ones(1), **kwargs)
+
+
+def test_shape_mismatch_raises() -> None:
+    with pytest.raises(ValueError, match=r"\(B, T\)"):
+        top_entropy_mean(torch.zeros(2, 3), torch.ones(2, 4))
+    with pytest.raises(ValueError, match="advantages must be"):
+        response_logit_factors(torch.zeros(2, 3), torch.ones(2, 3), torch.ones(3), lb=0.1, ub=1.0)
+
+
+def test_scaled_token_logprobs_match_log_softmax_reference() -> None:
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 5, 11, generator=gen, dtype=torch.float64) * 3
+    tokens = torch.randint(0, 11, (3, 5), generator=gen)
+    factors = torch.tensor([2.0, 1.0, 0.5], dtype=torch.float64)
+    expected = torch.stack(
+        [
+            torch.log_softmax(c * logits[i], -1).gather(-1, tokens[i, :, None]).squeeze(-1)
+            for i, c in enumerate(factors)
+        ]
+    )
+    torch.testing.assert_close(scaled_token_logprobs(logits, tokens, factors), expected.float())
+
+
+def test_unit_factors_leave_log_probs_unchanged() -> None:
+    logits = torch.randn(2, 4, 7)
+    tokens = torch.randint(0, 7, (2, 4))
+    plain = torch.log_softmax(logits, -1).gather(-1, tokens[..., None]).squeeze(-1)
+    torch.testing.assert_close(scaled_token_logprobs(logits, tokens, torch.ones(2)), plain)
+
+
+def test_topk_logprobs_renormalise_and_penalise_outside_tokens() -> None:
+    logits = torch.tensor([[[4.0, 3.0, 2.0, 1.0, 0.0]]])
+    inside = scaled_token_logprobs(logits, torch.tensor([[1]]), torch.ones(1), topk=2)
+    assert inside.item() == pytest.approx(3.0 - math.log(math.exp(4.0) + math.exp(3.0)), abs=1e-6)
+    outside = scaled_token_logprobs(logits, torch.tensor([[3]]), torch.ones(1), topk=2)
+    assert outside.item() == -1e4
+
+
+def test_scaled_advantages_divide_by_the_factor() -> None:
+    advantages = torch.tensor([1.0, 2.0, -1.0])
+    factors = torch.tensor([2.0, 0.5, 1.0])
+    torch.testing.assert_close(scaled_advantages(advantages, factors), torch.tensor([0.5, 4.0, -1.0]))
+    per_token = scaled_advantages(advantages[:, None].expand(3, 4), factors)
+    torch.testing.assert_close(per_token[:, 0], torch.tensor([0.5, 4.0, -1.0]))
+
+
+def test_categorical_entropy_matches_torch_distribution() -> None:
+    logits = torch.randn(4, 9) * 5
+    expected = torch.distributions.Categorical(logits=logits).entropy()
+    torch.testing.assert_close(categorical_entropy(logits), expected)

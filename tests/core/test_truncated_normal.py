@@ -1,0 +1,158 @@
+"""Spec section 1.1: the truncated normal on [low, high], checked against quadrature, Monte Carlo and SciPy."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import integrate, stats
+
+from era_core import TruncatedNormal, ndtri_exp
+
+MIN_SCALE = math.exp(-8.0)
+# (loc, scale): interior, near and at the bounds, the smallest scale the SAC actor produces, wide.
+CASES = [
+    (0.0, 1.0),
+    (0.3, 0.05),
+    (0.9, 0.3),
+    (-0.999, 0.01),
+    (1.0, MIN_SCALE),
+    (-1.0, MIN_SCALE),
+    (1.0 - 1e-6, MIN_SCALE),
+    (0.0, MIN_SCALE),
+    (0.5, 20.0),
+]
+
+
+def _scipy(loc: float, scale: float) -> stats.rv_continuous:
+    return stats.truncnorm((-1 - loc) / scale, (1 - loc) / scale, loc=loc, scale=scale)
+
+
+@pytest.mark.parametrize(("loc", "scale"), CASES)
+def test_log_prob_integrates_to_one(loc: float, scale: float) -> None:
+    dist = TruncatedNormal(torch.tensor(loc, dtype=torch.float64), torch.tensor(scale, dtype=torch.float64))
+    a, b = max(-1.0, loc - 40 * scale), min(1.0, loc + 40 * scale)
+
+    def density(x: float) -> float:
+        return math.exp(dist.log_prob(torch.tensor(x, dtype=torch.float64)).item())
+
+    mass, _ = integrate.quad(density, a, b, points=[min(max(loc, a), b)], limit=200, epsabs=1e-12)
+    assert mass == pytest.approx(1.0, abs=1e-6)
+
+
+@pytest.mark.parametrize(("loc", "scale"), CASES)
+def test_closed_forms_match_scipy(loc: float, scale: float) -> None:
+    dist = TruncatedNormal(torch.tensor(loc, dtype=torch.float64), torch.tensor(scale, dtype=torch.float64))
+    ref = _scipy(loc, scale)
+    assert dist.entropy().item() == pytest.approx(ref.entropy(), abs=1e-6)
+    assert dist.mean.item() == pytest.approx(ref.mean(), abs=1e-9)
+    assert dist.variance.item() == pytest.approx(ref.var(), rel=1e-5, abs=1e-14)
+    for q in (0.01, 0.3, 0.5, 0.99):
+        assert dist.icdf(torch.tensor(q, dtype=torch.float64)).item() == pytest.approx(ref.ppf(q), abs=1e-9)
+    x = float(np.clip(loc + 0.5 * scale, -1, 1))
+    assert dist.cdf(torch.tensor(x, dtype=torch.float64)).item() == pytest.approx(ref.cdf(x), abs=1e-9)
+
+
+@pytest.mark.parametrize(("loc", "scale"), [(0.0, 1.0), (0.9, 0.3), (1.0, MIN_SCALE), (-0.999, 0.01)])
+def test_entropy_matches_monte_carlo(loc: float, scale: float) -> None:
+    torch.manual_seed(0)
+    dist = TruncatedNormal(torch.tensor(loc), torch.tensor(scale))
+    neg_log_prob = -dist.log_prob(dist.sample((200_000,))).double()
+    standard_error = neg_log_prob.std().item() / math.sqrt(neg_log_prob.numel())
+    assert abs(neg_log_prob.mean().item() - dist.entropy().item()) < 5 * standard_error + 1e-4
+
+
+@pytest.mark.parametrize(("loc", "scale"), [(0.0, 1.0), (0.9, 0.3), (-0.999, 0.01), (1.0, 0.001)])
+def test_samples_follow_the_distribution(loc: float, scale: float) -> None:
+    torch.manual_seed(1)
+    samples = TruncatedNormal(
+        torch.tensor(loc, dtype=torch.float64), torch.tensor(scale, dtype=torch.float64)
+    )
+    result = stats.kstest(samples.sample((20_000,)).numpy(), _scipy(loc, scale).cdf)
+    assert result.pvalue > 1e-3
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    loc=st.floats(-1.0, 1.0),
+    log_scale=st.floats(-8.0, 3.0),
+    seed=st.integers(0, 2**16),
+)
+def test_samples_stay_in_support_with_finite_log_prob_and_gradients(
+    loc: float, log_scale: float, seed: int
+) -> None:
+    torch.manual_seed(seed)
+    loc_t = torch.tensor([loc, 1.0, -1.0], requires_grad=True)
+    scale_t = torch.full((3,), math.exp(log_scale), requires_grad=True)
+    dist = TruncatedNormal(loc_t, scale_t)
+    x = dist.rsample((256,))
+    assert torch.all(x >= -1.0) and torch.all(x <= 1.0)
+    log_prob = dist.log_prob(x)
+    assert torch.isfinite(log_prob).all()
+    (log_prob.sum() + dist.entropy().sum() + x.sum()).backward()
+    assert torch.isfinite(loc_t.grad).all() and torch.isfinite(scale_t.grad).all()
+
+
+def test_bfloat16_parameters_give_finite_values_and_gradients() -> None:
+    loc = torch.tensor([0.0, 0.99, -1.0, 1.0], dtype=torch.bfloat16, requires_grad=True)
+    scale = torch.tensor([1.0, 0.01, MIN_SCALE, MIN_SCALE], dtype=torch.bfloat16, requires_grad=True)
+    dist = TruncatedNormal(loc, scale)
+    x = dist.rsample((64,))
+    log_prob = dist.log_prob(x)
+    assert x.dtype == log_prob.dtype == torch.bfloat16
+    assert torch.isfinite(log_prob).all() and torch.isfinite(dist.entropy()).all()
+    (log_prob.float().sum() + dist.entropy().float().sum()).backward()
+    assert torch.isfinite(loc.grad).all() and torch.isfinite(scale.grad).all()
+
+
+def test_mode_is_the_clamped_location_and_outside_support_has_zero_density() -> None:
+    loc, scale, outside = torch.tensor([0.2, 1.5, -3.0]), torch.full((3,), 0.1), torch.full((3,), 1.5)
+    dist = TruncatedNormal(loc, scale, validate_args=False)
+    torch.testing.assert_close(dist.mode, torch.tensor([0.2, 1.0, -1.0]))
+    assert torch.isneginf(dist.log_prob(outside)).all()
+    with pytest.raises(ValueError, match="support"):
+        TruncatedNormal(loc, scale, validate_args=True).log_prob(outside)
+
+
+def test_icdf_inverts_cdf() -> None:
+    dist = TruncatedNormal(
+        torch.tensor([0.0, 0.8, -0.95], dtype=torch.float64), torch.tensor([0.5, 0.05, 0.2])
+    )
+    q = torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)
+    torch.testing.assert_close(dist.cdf(dist.icdf(q)), q)
+
+
+def test_batch_shapes_and_expand() -> None:
+    dist = TruncatedNormal(torch.zeros(4, 3), torch.ones(3), low=-2.0, high=torch.tensor(1.0))
+    assert dist.batch_shape == (4, 3) and dist.event_shape == ()
+    assert dist.sample((5,)).shape == (5, 4, 3)
+    expanded = dist.expand((2, 4, 3))
+    assert expanded.batch_shape == (2, 4, 3)
+    torch.testing.assert_close(expanded.entropy(), dist.entropy().expand(2, 4, 3))
+    assert torch.all(expanded.sample() >= -2.0)
+
+
+def test_custom_bounds_match_scipy() -> None:
+    dist = TruncatedNormal(
+        torch.tensor(0.1, dtype=torch.float64), torch.tensor(0.3, dtype=torch.float64), 0.0, 0.4
+    )
+    ref = stats.truncnorm((0.0 - 0.1) / 0.3, (0.4 - 0.1) / 0.3, loc=0.1, scale=0.3)
+    assert dist.entropy().item() == pytest.approx(ref.entropy(), abs=1e-9)
+
+
+def test_invalid_bounds_and_scale_raise() -> None:
+    with pytest.raises(ValueError, match="low < high"):
+        TruncatedNormal(torch.zeros(2), torch.ones(2), low=1.0, high=1.0)
+    with pytest.raises(ValueError, match="scale"):
+        TruncatedNormal(torch.zeros(2), -torch.ones(2), validate_args=True)
+
+
+def test_ndtri_exp_matches_scipy_deep_in_the_tail() -> None:
+    from scipy import special
+
+    log_p = torch.tensor([-1e5, -700.0, -100.0, -10.0, -1.0, -1e-3, -1e-20], dtype=torch.float64)
+    expected = torch.tensor([special.ndtri_exp(v) for v in log_p.tolist()], dtype=torch.float64)
+    torch.testing.assert_close(ndtri_exp(log_p), expected, rtol=1e-7, atol=1e-7)
+    assert torch.isfinite(ndtri_exp(log_p.float())).all()

@@ -1,0 +1,1 @@
+"""ERA adapter package (populated by its issue)."""
