@@ -59,19 +59,21 @@ def _ndtri_exp_value(log_p: torch.Tensor) -> torch.Tensor:
     tiny_log = math.log(torch.finfo(log_p.dtype).tiny) + 1.0
     upper_half = log_p > -math.log(2.0)
     deep_tail = log_p < tiny_log
-    # Upper half: Phi^-1(p) = -Phi^-1(1 - p), with 1 - p = -expm1(log_p) kept exact.
-    lp_upper = torch.where(upper_half, log_p, torch.full_like(log_p, -1.0))
-    x_upper = -torch.special.ndtri(-torch.expm1(lp_upper))
-    lp_mid = torch.where(upper_half | deep_tail, torch.full_like(log_p, -1.0), log_p)
-    x_mid = torch.special.ndtri(torch.exp(lp_mid))
-    # Deep lower tail (p below the dtype's smallest normal): asymptotic start, Newton on log Phi(x) = log_p.
-    lp_tail = torch.where(deep_tail, log_p, torch.full_like(log_p, 2.0 * tiny_log))
-    t = -2.0 * lp_tail
-    x_tail = -torch.sqrt(t - torch.log(t) - math.log(2.0 * math.pi))
-    for _ in range(4):
-        log_cdf = torch.special.log_ndtr(x_tail)
-        x_tail = x_tail - (log_cdf - lp_tail) * torch.exp(log_cdf - _log_normal_pdf(x_tail))
-    return torch.where(upper_half, x_upper, torch.where(deep_tail, x_tail, x_mid))
+    # Upper half: Phi^-1(p) = -Phi^-1(1 - p), with 1 - p = -expm1(log_p) kept exact; one ndtri for both.
+    safe = torch.where(deep_tail, torch.full_like(log_p, -1.0), log_p)
+    z = torch.special.ndtri(torch.where(upper_half, -torch.expm1(safe), torch.exp(safe)))
+    x = torch.where(upper_half, -z, z)
+    # Deep lower tail (p below the dtype's smallest normal; only for locations far outside the support):
+    # asymptotic start, then Newton on log Phi(x) = log_p. Skipped when no element needs it.
+    if bool(deep_tail.any()):
+        lp_tail = torch.where(deep_tail, log_p, torch.full_like(log_p, 2.0 * tiny_log))
+        t = -2.0 * lp_tail
+        x_tail = -torch.sqrt(t - torch.log(t) - math.log(2.0 * math.pi))
+        for _ in range(4):
+            log_cdf = torch.special.log_ndtr(x_tail)
+            x_tail = x_tail - (log_cdf - lp_tail) * torch.exp(log_cdf - _log_normal_pdf(x_tail))
+        x = torch.where(deep_tail, x_tail, x)
+    return x
 
 
 def ndtri_exp(log_p: torch.Tensor) -> torch.Tensor:
