@@ -1,1 +1,1 @@
-"""ERA adapter package (populated by its issue)."""
+"""Command-line entry points of `trl_era` (`python -m trl_era.scripts.grpo`)."""

@@ -1,0 +1,141 @@
+"""Chunked ERA log-probs (`trl_era.logprobs`) against the full-logits reference `era_core.scaled_token_logprobs`."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from trl.trainer import add_fused_lm_head
+
+from era_core import scaled_token_logprobs
+from tests.trl.conftest import build_model
+from trl_era import logprobs
+from trl_era.logprobs import OUTSIDE_TOPK_LOGPROB, ScaledLogProbHead, capture_last_hidden_state
+
+TEMPERATURE = 0.7
+NUM_SCORED = 5
+
+
+def make_batch(vocab_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Left-padded prompts of 3 tokens and completions of 5, the last ones partly padding."""
+    generator = torch.Generator().manual_seed(1)
+    input_ids = torch.randint(3, vocab_size, (6, 3 + NUM_SCORED), generator=generator)
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, 0] = 0  # left padding in a prompt
+    attention_mask[2, -2:] = 0  # a short completion
+    attention_mask[4, -1:] = 0
+    labels = input_ids.masked_fill(attention_mask == 0, -100)
+    labels[:, :-NUM_SCORED] = -100
+    return input_ids, attention_mask, labels
+
+
+def fused_pass(model, input_ids, attention_mask, labels):
+    """TRL's log-probs of the completions and the backbone output they came from."""
+    with capture_last_hidden_state(model) as captured:
+        outputs = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, fused_lm_head=True)
+    return outputs.log_probs[:, -NUM_SCORED:], captured["last_hidden_state"]
+
+
+def reference_logprobs(model, input_ids, attention_mask, factors, topk=None):
+    """Spec 3.4/3.6 from the full float64 logits of the unpatched forward."""
+    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, -NUM_SCORED - 1 : -1]
+    return scaled_token_logprobs(
+        logits.double() / TEMPERATURE, input_ids[:, -NUM_SCORED:], factors, topk=topk
+    )
+
+
+def patched_float64_model():
+    model = build_model().double()
+    add_fused_lm_head(model, temperature=TEMPERATURE, outputs=("log_probs", "entropy"))
+    return model
+
+
+def gradients(model, value: torch.Tensor, weights: torch.Tensor) -> list[torch.Tensor]:
+    return torch.autograd.grad((value * weights).sum(), [p for p in model.parameters() if p.requires_grad])
+
+
+@pytest.mark.parametrize("k", [2.0, 3.0])
+def test_rescaled_rows_match_full_logits_reference_and_others_stay_trl(k):
+    model = patched_float64_model()
+    input_ids, attention_mask, labels = make_batch(model.config.vocab_size)
+    one = torch.ones(())
+    factors = torch.stack([one, one * k, one / k, one, one * k, one / k]).float()
+    head = ScaledLogProbHead(model, TEMPERATURE, k=k)
+
+    trl_logps, hidden = fused_pass(model, input_ids, attention_mask, labels)
+    era = head(hidden, labels, factors, trl_logps)
+    reference = reference_logprobs(model, input_ids, attention_mask, factors)
+    scored = (labels[:, -NUM_SCORED:] != -100).double()
+
+    unchanged = factors == 1.0
+    assert torch.equal(era[unchanged], trl_logps[unchanged])
+    assert not torch.allclose(era[~unchanged], trl_logps[~unchanged])
+    # TRL's kernel folds the logits in float32, hence the tolerance.
+    torch.testing.assert_close(era * scored, reference * scored, rtol=1e-5, atol=1e-5)
+
+    weights = (
+        torch.randn(scored.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64) * scored
+    )
+    for got, expected in zip(
+        gradients(model, era, weights), gradients(model, reference, weights), strict=True
+    ):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_rejects_factors_other_than_one_and_k():
+    model = patched_float64_model()
+    input_ids, attention_mask, labels = make_batch(model.config.vocab_size)
+    trl_logps, hidden = fused_pass(model, input_ids, attention_mask, labels)
+    with pytest.raises(ValueError, match="factors must be 1 or one of"):
+        ScaledLogProbHead(model, TEMPERATURE, k=2.0)(hidden, labels, torch.full((6,), 4.0), trl_logps)
+
+
+@pytest.mark.parametrize("topk", [1, 20, 48])
+def test_topk_matches_full_logits_reference_in_float64(topk):
+    model = patched_float64_model()
+    input_ids, attention_mask, labels = make_batch(model.config.vocab_size)
+    factors = torch.tensor([1.0, 2.0, 0.5, 1.0, 2.0, 0.5])
+    trl_logps, hidden = fused_pass(model, input_ids, attention_mask, labels)
+    era = ScaledLogProbHead(model, TEMPERATURE, k=2.0, topk=topk)(hidden, labels, factors, trl_logps)
+    reference = reference_logprobs(model, input_ids, attention_mask, factors, topk=topk)
+    scored = (labels[:, -NUM_SCORED:] != -100).double()
+
+    # The reference computes in float32 (`era_core` casts the logits), this path in float64.
+    torch.testing.assert_close(era * scored, reference * scored, rtol=1e-6, atol=1e-6)
+    outside = (reference == OUTSIDE_TOPK_LOGPROB) & scored.bool()
+    if topk == 48:
+        assert not outside.any()
+    if topk == 20:
+        assert outside.any() and (~outside & scored.bool()).any()
+    weights = (
+        torch.randn(scored.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64) * scored
+    )
+    for got, expected in zip(
+        gradients(model, era, weights), gradients(model, reference, weights), strict=True
+    ):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-7)
+
+
+def test_topk_search_across_vocabulary_and_token_tiles_equals_one_tile(monkeypatch):
+    model = patched_float64_model()
+    hidden = torch.randn(
+        11, model.config.hidden_size, dtype=torch.float64, generator=torch.Generator().manual_seed(3)
+    )
+    tokens = torch.randint(0, model.config.vocab_size, (11,), generator=torch.Generator().manual_seed(4))
+    scale = torch.full((11,), 1.5)
+    lm_head = model.get_output_embeddings()
+    one_tile = logprobs.topk_token_logprobs(hidden, lm_head, tokens, scale, 20)
+    monkeypatch.setattr(logprobs, "_VOCAB_CHUNK_SIZE", 7)
+    monkeypatch.setattr(logprobs, "_TOKEN_CHUNK_SIZE", 4)
+    assert torch.equal(logprobs.topk_token_logprobs(hidden, lm_head, tokens, scale, 20), one_tile)
+
+
+def test_topk_rejects_k_above_vocabulary_and_heads_with_logit_transforms():
+    model = patched_float64_model()
+    hidden = torch.randn(2, model.config.hidden_size, dtype=torch.float64)
+    with pytest.raises(ValueError, match="1 <= k <= vocabulary size 48"):
+        logprobs.topk_token_logprobs(
+            hidden, model.get_output_embeddings(), torch.zeros(2, dtype=torch.long), torch.ones(2), 49
+        )
+    model.config.final_logit_softcapping = 30.0
+    with pytest.raises(NotImplementedError, match="final_logit_softcapping"):
+        ScaledLogProbHead(model, TEMPERATURE, k=2.0, topk=20)
