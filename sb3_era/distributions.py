@@ -1,0 +1,93 @@
+"""SB3 action distribution built on :class:`era_core.TruncatedNormal` (spec section 1.1)."""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+import numpy as np
+import torch as th
+from stable_baselines3.common.distributions import DiagGaussianDistribution, sum_independent_dims
+
+from era_core import TruncatedNormal
+
+SelfTruncatedNormalDistribution = TypeVar(
+    "SelfTruncatedNormalDistribution", bound="TruncatedNormalDistribution"
+)
+
+
+class TruncatedNormalDistribution(DiagGaussianDistribution):
+    """
+    Diagonal Gaussian truncated to a box, the bounded policy of the ERA authors (spec 1.1).
+
+    The network outputs a mean ``mu`` and a log-std, as for SB3's ``DiagGaussianDistribution`` (so it
+    is built with the same ``proba_distribution_net`` and used wherever that one is). In the unit box
+    ``[-1, 1]^D`` the location is ``tanh(mu)``, kept just inside the bounds, and the scale is
+    ``exp(log_std)``; the deterministic action is the mode, i.e. the location. When ``low``/``high``
+    differ from ``-1``/``1`` the unit box is mapped affinely onto them, so log-probabilities and the
+    entropy are those of the actions in the env's units.
+
+    :param action_dim: Dimension of the action space.
+    :param low: Lower bounds of the actions (scalar or one per dimension).
+    :param high: Upper bounds of the actions (scalar or one per dimension).
+    """
+
+    distribution: TruncatedNormal
+
+    def __init__(self, action_dim: int, low: float | np.ndarray = -1.0, high: float | np.ndarray = 1.0):
+        super().__init__(action_dim)
+        low_arr = np.broadcast_to(np.asarray(low, dtype=np.float32), (action_dim,))
+        high_arr = np.broadcast_to(np.asarray(high, dtype=np.float32), (action_dim,))
+        if not (
+            np.all(np.isfinite(low_arr)) and np.all(np.isfinite(high_arr)) and np.all(low_arr < high_arr)
+        ):
+            raise ValueError(
+                f"TruncatedNormalDistribution needs finite bounds with low < high, got low={low}, high={high}"
+            )
+        self.center = th.as_tensor((high_arr + low_arr) / 2.0)
+        self.half_range = th.as_tensor((high_arr - low_arr) / 2.0)
+        self.is_unit_box = bool(np.all(low_arr == -1.0) and np.all(high_arr == 1.0))
+        # log|det| of the map from the unit box to [low, high]; subtract it to get unit-box entropies.
+        self.log_scale_correction = float(np.log((high_arr - low_arr) / 2.0).sum())
+
+    def proba_distribution(
+        self: SelfTruncatedNormalDistribution, mean_actions: th.Tensor, log_std: th.Tensor
+    ) -> SelfTruncatedNormalDistribution:
+        """
+        Create the distribution from the network's mean and log-std.
+
+        :param mean_actions: Unbounded means ``mu``; the location in the unit box is ``tanh(mu)``.
+        :param log_std: Log-stds in the unit box (broadcast against ``mean_actions``).
+        :return: self
+        """
+        edge = 1.0 - th.finfo(mean_actions.dtype).eps
+        loc = th.tanh(mean_actions).clamp(-edge, edge)
+        scale = th.ones_like(loc) * log_std.exp()
+        if self.center.device != loc.device or self.center.dtype != loc.dtype:
+            self.center, self.half_range = self.center.to(loc), self.half_range.to(loc)
+        self.distribution = TruncatedNormal(loc, scale, -1.0, 1.0)
+        return self
+
+    def _to_unit_box(self, actions: th.Tensor) -> th.Tensor:
+        if self.is_unit_box:
+            return actions
+        unit = (actions - self.center) / self.half_range
+        # Float round-off in the affine map may step a bound action a hair outside the box.
+        return unit.clamp(-1.0, 1.0)
+
+    def _from_unit_box(self, unit: th.Tensor) -> th.Tensor:
+        if self.is_unit_box:
+            return unit
+        return self.center + self.half_range * unit
+
+    def log_prob(self, actions: th.Tensor) -> th.Tensor:
+        log_prob = sum_independent_dims(self.distribution.log_prob(self._to_unit_box(actions)))
+        return log_prob - self.log_scale_correction
+
+    def entropy(self) -> th.Tensor:
+        return sum_independent_dims(self.distribution.entropy()) + self.log_scale_correction
+
+    def sample(self) -> th.Tensor:
+        return self._from_unit_box(self.distribution.rsample())
+
+    def mode(self) -> th.Tensor:
+        return self._from_unit_box(self.distribution.mode)

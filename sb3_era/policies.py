@@ -1,0 +1,81 @@
+"""Pieces shared by the off- and on-policy ERA policies: argument checks and entropy measurements."""
+
+from __future__ import annotations
+
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.distributions import (
+    CategoricalDistribution,
+    Distribution,
+    SquashedDiagGaussianDistribution,
+)
+
+from era_core import gaussian_entropy
+from sb3_era.distributions import TruncatedNormalDistribution
+
+ACTION_DISTRIBUTIONS = ("truncated", "tanh")
+FLOORS = ("state", "batch")
+
+
+def check_action_distribution(action_distribution: str) -> None:
+    """Raise ``ValueError`` unless ``action_distribution`` names a supported bounded distribution."""
+    if action_distribution not in ACTION_DISTRIBUTIONS:
+        raise ValueError(
+            f"action_distribution must be one of {ACTION_DISTRIBUTIONS}, got {action_distribution!r}"
+        )
+
+
+def check_no_sde(use_sde: bool) -> None:
+    """Raise ``ValueError`` for gSDE, whose noise matrix bypasses the ERA log-std activation."""
+    if use_sde:
+        raise ValueError(
+            "ERA policies do not support gSDE (use_sde=True): gSDE draws its noise from a learned matrix, "
+            "not from the log-std that ERA bounds, so the entropy floor would not hold. Use use_sde=False."
+        )
+
+
+def check_bounded_box(action_space: spaces.Space, supported: str) -> None:
+    """Raise ``ValueError`` for an action space that is not the kind ERA supports here.
+
+    :param action_space: the environment's action space.
+    :param supported: the supported spaces, in words, for the error message.
+    """
+    if not isinstance(action_space, spaces.Box):
+        raise ValueError(f"ERA policies support {supported} action spaces, got {action_space}")
+    if not (
+        th.isfinite(th.as_tensor(action_space.low)).all()
+        and th.isfinite(th.as_tensor(action_space.high)).all()
+    ):
+        raise ValueError(
+            f"ERA policies need a bounded Box action space (finite low and high), got {action_space}"
+        )
+
+
+def distribution_entropy_stats(distribution: Distribution, entropy_floor: float) -> dict[str, float]:
+    """Entropies of a built action distribution, measured in the ``[-1, 1]``-scaled action space.
+
+    :param distribution: an SB3 distribution after ``proba_distribution`` (truncated, tanh-squashed or
+        categorical).
+    :param entropy_floor: the floor ERA guarantees (on the Gaussian entropy, or the categorical one).
+    :return: ``entropy_floor``; for continuous actions ``gaussian_entropy`` (mean over states) and
+        ``gaussian_entropy_min`` (the floor holds when it is ``>= entropy_floor``); ``policy_entropy``, the
+        entropy of the final bounded policy (exact for categorical actions, otherwise the Monte-Carlo
+        estimate ``-mean(log_prob)`` of one sampled action per state).
+    """
+    stats = {"entropy_floor": float(entropy_floor)}
+    if isinstance(distribution, CategoricalDistribution):
+        stats["policy_entropy"] = distribution.entropy().mean().item()
+        return stats
+    if isinstance(distribution, (TruncatedNormalDistribution, SquashedDiagGaussianDistribution)):
+        log_std = distribution.distribution.scale.log()
+        gaussian = gaussian_entropy(log_std)
+        stats["gaussian_entropy"] = gaussian.mean().item()
+        stats["gaussian_entropy_min"] = gaussian.min().item()
+        actions = distribution.sample()
+        if isinstance(distribution, TruncatedNormalDistribution):
+            log_prob = distribution.log_prob(actions) + distribution.log_scale_correction
+        else:
+            log_prob = distribution.log_prob(actions, distribution.gaussian_actions)
+        stats["policy_entropy"] = -log_prob.mean().item()
+        return stats
+    raise TypeError(f"no ERA entropy measurement for {type(distribution).__name__}")
