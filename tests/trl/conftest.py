@@ -1,31 +1,33 @@
-"""A tiny random-init Qwen2 causal LM with a locally built word-level tokenizer, prompts and a reward."""
+"""A tiny random-init Qwen2 causal LM with a locally trained byte-level BPE tokenizer, prompts and a reward."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 from datasets import Dataset
-from tokenizers import Tokenizer, models, pre_tokenizers
+from tokenizers import ByteLevelBPETokenizer
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
-WORDS = ["<pad>", "<eos>", "<unk>"] + [f"w{i}" for i in range(45)]
+WORDS = [f"w{i}" for i in range(45)]
 
 
 def build_tokenizer() -> PreTrainedTokenizerFast:
-    tokenizer = Tokenizer(models.WordLevel({word: i for i, word in enumerate(WORDS)}, unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        pad_token="<pad>",
-        eos_token="<eos>",
-        unk_token="<unk>",
-        padding_side="left",
+    """A byte-level BPE tokenizer, as Qwen2's, trained on `WORDS`; `<pad>` is id 0 and `<eos>` id 1."""
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(
+        [" ".join(WORDS)] * 3, vocab_size=300, min_frequency=1, special_tokens=["<pad>", "<eos>"]
     )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=bpe._tokenizer, pad_token="<pad>", eos_token="<eos>", padding_side="left"
+    )
+
+
+VOCAB_SIZE = len(build_tokenizer())
 
 
 def build_model(seed: int = 0) -> Qwen2ForCausalLM:
     config = Qwen2Config(
-        vocab_size=len(WORDS),
+        vocab_size=VOCAB_SIZE,
         hidden_size=32,
         intermediate_size=64,
         num_hidden_layers=2,
@@ -42,12 +44,13 @@ def build_model(seed: int = 0) -> Qwen2ForCausalLM:
 
 
 def count_reward(completions, **kwargs) -> list[float]:
-    """Rewards completions that use the word `w3` (and, a little, longer ones)."""
-    return [float(completion.count("w3")) + 0.1 * len(completion.split()) for completion in completions]
+    """Rewards completions that contain `3` (and, a little, longer ones)."""
+    return [float(completion.count("3")) + 0.1 * len(completion) for completion in completions]
 
 
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory) -> str:
+    """The tiny model and its tokenizer saved as a local model directory (loads as Qwen2 with `Qwen2Tokenizer`)."""
     path = tmp_path_factory.mktemp("tiny-qwen2")
     build_model().save_pretrained(path)
     build_tokenizer().save_pretrained(path)
@@ -57,7 +60,7 @@ def model_dir(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def prompts() -> Dataset:
     return Dataset.from_dict(
-        {"prompt": [" ".join(f"w{(7 * i + j) % 45}" for j in range(3 + i % 3)) for i in range(16)]}
+        {"prompt": [" ".join(WORDS[(7 * i + j) % 45] for j in range(3 + i % 3)) for i in range(16)]}
     )
 
 
@@ -74,6 +77,7 @@ def config_kwargs(tmp_path) -> dict:
         logging_steps=1,
         report_to="none",
         use_cpu=True,
+        bf16=False,  # TRL defaults to bf16 autocast, also on CPU
         save_strategy="no",
         gradient_checkpointing=False,
         seed=0,

@@ -7,7 +7,7 @@ import torch
 from trl.trainer import add_fused_lm_head
 
 from era_core import scaled_token_logprobs
-from tests.trl.conftest import build_model
+from tests.trl.conftest import VOCAB_SIZE, build_model
 from trl_era import logprobs
 from trl_era.logprobs import OUTSIDE_TOPK_LOGPROB, ScaledLogProbHead, capture_last_hidden_state
 
@@ -89,7 +89,7 @@ def test_rejects_factors_other_than_one_and_k():
         ScaledLogProbHead(model, TEMPERATURE, k=2.0)(hidden, labels, torch.full((6,), 4.0), trl_logps)
 
 
-@pytest.mark.parametrize("topk", [1, 20, 48])
+@pytest.mark.parametrize("topk", [1, 150, VOCAB_SIZE])
 def test_topk_matches_full_logits_reference_in_float64(topk):
     model = patched_float64_model()
     input_ids, attention_mask, labels = make_batch(model.config.vocab_size)
@@ -102,9 +102,9 @@ def test_topk_matches_full_logits_reference_in_float64(topk):
     # The reference computes in float32 (`era_core` casts the logits), this path in float64.
     torch.testing.assert_close(era * scored, reference * scored, rtol=1e-6, atol=1e-6)
     outside = (reference == OUTSIDE_TOPK_LOGPROB) & scored.bool()
-    if topk == 48:
+    if topk == VOCAB_SIZE:
         assert not outside.any()
-    if topk == 20:
+    if topk == 150:
         assert outside.any() and (~outside & scored.bool()).any()
     weights = (
         torch.randn(scored.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64) * scored
@@ -132,9 +132,13 @@ def test_topk_search_across_vocabulary_and_token_tiles_equals_one_tile(monkeypat
 def test_topk_rejects_k_above_vocabulary_and_heads_with_logit_transforms():
     model = patched_float64_model()
     hidden = torch.randn(2, model.config.hidden_size, dtype=torch.float64)
-    with pytest.raises(ValueError, match="1 <= k <= vocabulary size 48"):
+    with pytest.raises(ValueError, match=f"1 <= k <= vocabulary size {VOCAB_SIZE}"):
         logprobs.topk_token_logprobs(
-            hidden, model.get_output_embeddings(), torch.zeros(2, dtype=torch.long), torch.ones(2), 49
+            hidden,
+            model.get_output_embeddings(),
+            torch.zeros(2, dtype=torch.long),
+            torch.ones(2),
+            VOCAB_SIZE + 1,
         )
     model.config.final_logit_softcapping = 30.0
     with pytest.raises(NotImplementedError, match="final_logit_softcapping"):

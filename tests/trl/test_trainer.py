@@ -1,0 +1,249 @@
+"""ERAGRPOTrainer: training runs, the right rows are rescaled, TRL's losses stay TRL's, PEFT works."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from trl import GRPOConfig, GRPOTrainer
+
+from era_core import response_logit_factors, scaled_token_logprobs, top_entropy_mean
+from tests.trl.conftest import VOCAB_SIZE, build_model, build_tokenizer, count_reward
+from trl_era import ERAGRPOConfig, ERAGRPOTrainer
+
+ERA_METRICS = (
+    "era/top_entropy_mean",
+    "era/frac_below_lb",
+    "era/frac_above_ub",
+    "era/frac_sharpened",
+    "era/frac_flattened",
+)
+#: Bounds that contain every response's entropy, so ERA rescales nothing.
+NO_RESCALING = dict(era_lb=0.0, era_ub=100.0)
+
+
+def make_trainer(config_kwargs, prompts, era=True, model=None, **overrides):
+    config_class, trainer_class = (ERAGRPOConfig, ERAGRPOTrainer) if era else (GRPOConfig, GRPOTrainer)
+    args = config_class(**{**config_kwargs, **overrides})
+    trainer = trainer_class(
+        model=build_model() if model is None else model,
+        reward_funcs=count_reward,
+        args=args,
+        train_dataset=prompts,
+        processing_class=build_tokenizer(),
+    )
+    trainer.current_gradient_accumulation_steps = 1  # set by `train()`; the loss reads it
+    return trainer
+
+
+def fixed_batch(vocab_size: int) -> dict[str, torch.Tensor]:
+    """A generated batch as `_generate_and_score_completions` returns it: 8 responses in 2 groups."""
+    generator = torch.Generator().manual_seed(0)
+    prompt_ids = torch.randint(3, vocab_size, (8, 4), generator=generator)
+    prompt_mask = torch.ones_like(prompt_ids)
+    prompt_mask[2:4, 0] = 0
+    completion_ids = torch.randint(3, vocab_size, (8, 6), generator=generator)
+    completion_mask = torch.ones_like(completion_ids)
+    completion_mask[1, -3:] = 0
+    completion_mask[6, -1:] = 0
+    advantages = torch.tensor([1.2, 0.9, 0.6, 0.3, -0.4, -1.1, 1.5, 0.0])
+    return dict(
+        prompt_ids=prompt_ids,
+        prompt_mask=prompt_mask,
+        completion_ids=completion_ids,
+        completion_mask=completion_mask,
+        advantages=advantages,
+        num_items_in_batch=completion_mask.sum(),
+    )
+
+
+def loss_log_probs(trainer, batch) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """The log-probs and entropies that the loss reads, and the inputs the rest of the loss then reads."""
+    trainer._era_loss_inputs = dict(batch)
+    try:
+        input_ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
+        attention_mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
+        logps, entropies, _ = trainer._get_per_token_logps_and_entropies(
+            trainer.model, input_ids, attention_mask, batch["completion_ids"].shape[1], compute_entropy=True
+        )
+        return logps, entropies, trainer._era_loss_inputs
+    finally:
+        trainer._era_loss_inputs = None
+
+
+def plain_log_probs(trainer, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    input_ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
+    attention_mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
+    logps, entropies, _ = trainer._get_per_token_logps_and_entropies(
+        trainer.model, input_ids, attention_mask, batch["completion_ids"].shape[1], compute_entropy=True
+    )
+    return logps, entropies
+
+
+def full_logits_reference(model, batch, factors, temperature) -> torch.Tensor:
+    input_ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
+    attention_mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
+    num_scored = batch["completion_ids"].shape[1]
+    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, -num_scored - 1 : -1]
+    return scaled_token_logprobs(logits.double() / temperature, batch["completion_ids"], factors)
+
+
+def bounds_splitting_positive_rows(h_resp: torch.Tensor, advantages: torch.Tensor) -> tuple[float, float]:
+    """`era_lb` above the lowest and `era_ub` below the highest positive-advantage response entropy."""
+    positive = h_resp.detach()[advantages > 0].sort().values
+    return float(positive[:2].mean()), float(positive[-2:].mean())
+
+
+def test_training_runs_and_logs_era_metrics(config_kwargs, prompts):
+    trainer = make_trainer(config_kwargs, prompts, era_lb=0.5, era_ub=3.0)
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    trainer.train()
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert len(logs) == 2
+    for entry in logs:
+        assert set(ERA_METRICS) <= set(entry)
+        # A random model over 294 tokens has entropy near ln(294) = 5.68 > era_ub: every eligible response flattens.
+        assert entry["era/frac_above_ub"] == 1.0 and entry["era/frac_below_lb"] == 0.0
+        assert entry["era/frac_sharpened"] == 0.0 and 0.0 < entry["era/frac_flattened"] < 1.0
+        assert 3.0 < entry["era/top_entropy_mean"] < math.log(VOCAB_SIZE)
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters(), strict=True))
+
+
+def test_rescales_exactly_the_eligible_rows_and_matches_full_logits_reference(config_kwargs, prompts):
+    trainer = make_trainer(config_kwargs, prompts, model=build_model().double(), temperature=0.8)
+    batch = fixed_batch(trainer.model.config.vocab_size)
+    trl_logps, trl_entropies = plain_log_probs(trainer, batch)
+    mask = batch["completion_mask"]
+    h_resp = top_entropy_mean(trl_entropies, mask)
+    trainer.args.era_lb, trainer.args.era_ub = bounds_splitting_positive_rows(h_resp, batch["advantages"])
+
+    era_logps, era_entropies, _ = loss_log_probs(trainer, batch)
+    factors = response_logit_factors(
+        trl_entropies, mask, batch["advantages"], trainer.args.era_lb, trainer.args.era_ub, k=2.0
+    )
+    assert (factors == 2.0).sum() == 1 and (factors == 0.5).sum() == 1
+    # TRL's entropies are kept, and every row that is not rescaled reads TRL's log-probs, bit for bit.
+    assert torch.equal(era_entropies, trl_entropies)
+    kept = factors == 1.0
+    assert torch.equal(era_logps[kept], trl_logps[kept])
+    changed = ~kept.unsqueeze(-1) & mask.bool()
+    assert (era_logps[changed] != trl_logps[changed]).all()
+
+    reference = full_logits_reference(trainer.model, batch, factors, temperature=0.8)
+    torch.testing.assert_close(era_logps * mask, reference * mask, rtol=1e-5, atol=1e-5)
+    params = [p for p in trainer.model.parameters() if p.requires_grad]
+    weights = batch["advantages"].double().unsqueeze(-1) * mask
+    got = torch.autograd.grad((era_logps * weights).sum(), params)
+    expected = torch.autograd.grad((reference * weights).sum(), params)
+    for g, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-6)
+
+
+def test_threshold_limits_rescaling_to_advantages_above_it(config_kwargs, prompts):
+    trainer = make_trainer(config_kwargs, prompts, era_lb=0.5, era_ub=3.0, era_adv_threshold=1.0)
+    batch = fixed_batch(trainer.model.config.vocab_size)
+    trl_logps, _ = plain_log_probs(trainer, batch)
+    era_logps, _, _ = loss_log_probs(trainer, batch)
+    rescaled = (era_logps != trl_logps).any(dim=-1)
+    assert rescaled.tolist() == (batch["advantages"] > 1.0).tolist()
+
+
+@pytest.mark.parametrize(
+    "loss",
+    [
+        dict(loss_type="grpo"),
+        dict(loss_type="dapo", epsilon_high=0.28),
+        dict(loss_type="dr_grpo"),
+        dict(loss_type="bnpo"),
+        dict(loss_type="cispo", epsilon_high=5.0),
+        dict(loss_type="dapo", importance_sampling_level="sequence"),
+        dict(loss_type="grpo", top_entropy_quantile=0.5, entropy_coef=0.01),
+    ],
+    ids=["grpo", "dapo-clip-higher", "dr_grpo", "bnpo", "cispo", "gspo", "entropy-mask-and-bonus"],
+)
+def test_trl_losses_on_top_of_era(config_kwargs, prompts, loss):
+    batch = fixed_batch(build_model().config.vocab_size)
+    results = {}
+    for name, era, bounds in [
+        ("trl", False, {}),
+        ("era-idle", True, NO_RESCALING),
+        ("era", True, {"era_ub": 3.0}),
+    ]:
+        trainer = make_trainer(config_kwargs, prompts, era=era, **loss, **bounds)
+        value = trainer._compute_loss(trainer.model, batch)
+        value.backward()
+        results[name] = (
+            value.detach(),
+            [p.grad for p in trainer.model.parameters()],
+            trainer._metrics["train"],
+        )
+    # With nothing to rescale, ERA's loss and gradients are TRL's, bit for bit.
+    assert torch.equal(results["era-idle"][0], results["trl"][0])
+    for a, b in zip(results["era-idle"][1], results["trl"][1], strict=True):
+        assert torch.equal(a, b)
+    value, grads, metrics = results["era"]
+    assert torch.isfinite(value) and all(torch.isfinite(g).all() for g in grads)
+    assert any(not torch.equal(a, b) for a, b in zip(grads, results["trl"][1], strict=True))
+    assert metrics["era/frac_flattened"] == [0.625]  # the five positive-advantage responses of eight
+    if "clip_ratio/region_mean" in metrics:  # on-policy, the rescaled ratio is exactly 1: nothing is clipped
+        assert metrics["clip_ratio/region_mean"] == [0.0]
+
+
+@pytest.mark.parametrize("adv_scale", [False, True])
+def test_advantage_scaling_divides_by_the_factor(config_kwargs, prompts, adv_scale):
+    trainer = make_trainer(config_kwargs, prompts, era_ub=3.0, era_adv_scale=adv_scale, loss_type="dapo")
+    batch = fixed_batch(trainer.model.config.vocab_size)
+    _, _, loss_inputs = loss_log_probs(trainer, batch)
+    factors = torch.where(batch["advantages"] > 0, 0.5, 1.0)
+    expected = batch["advantages"] / factors if adv_scale else batch["advantages"]
+    torch.testing.assert_close(loss_inputs["advantages"], expected)
+    # On-policy the ratio is 1, so the DAPO loss is minus the token-weighted mean advantage it read.
+    mask = batch["completion_mask"]
+    value = trainer._compute_loss(trainer.model, batch)
+    torch.testing.assert_close(value, -(expected.unsqueeze(-1) * mask).sum() / mask.sum())
+
+
+def test_stored_old_log_probs_of_rescaled_rows_are_the_rescaled_ones(config_kwargs, prompts):
+    # With vLLM, TRL stores the plain policy's "old" log-probs; ERA's old policy is the rescaled one (ratio 1).
+    trainer = make_trainer(config_kwargs, prompts, era_ub=3.0)
+    batch = fixed_batch(trainer.model.config.vocab_size)
+    with torch.no_grad():
+        batch["old_per_token_logps"] = plain_log_probs(trainer, batch)[0]
+    era_logps, _, loss_inputs = loss_log_probs(trainer, batch)
+    torch.testing.assert_close(loss_inputs["old_per_token_logps"], era_logps.detach(), rtol=0, atol=0)
+    trainer._compute_loss(trainer.model, batch)
+    assert trainer._metrics["train"]["clip_ratio/region_mean"] == [0.0]
+
+
+def test_topk_mode_trains(config_kwargs, prompts):
+    trainer = make_trainer(config_kwargs, prompts, era_topk_logits=150, era_ub=3.0, max_steps=1)
+    batch = fixed_batch(trainer.model.config.vocab_size)
+    era_logps, _, _ = loss_log_probs(trainer, batch)
+    scored = era_logps[batch["completion_mask"].bool()]
+    assert (scored == -1e4).any() and (scored > -1e4).any() and (scored[scored > -1e4] <= 0).all()
+    trainer.train()
+    assert set(ERA_METRICS) <= set(trainer.state.log_history[0])
+
+
+def test_lora_adapter_trains(config_kwargs, prompts):
+    from peft import LoraConfig
+
+    args = ERAGRPOConfig(**config_kwargs, era_ub=3.0)
+    trainer = ERAGRPOTrainer(
+        model=build_model(),
+        reward_funcs=count_reward,
+        args=args,
+        train_dataset=prompts,
+        processing_class=build_tokenizer(),
+        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"),
+    )
+    trainer.train()
+    lora_b = [p for name, p in trainer.model.named_parameters() if "lora_B" in name]
+    assert lora_b and all(p.abs().sum() > 0 for p in lora_b)  # LoRA's B starts at zero
+    assert trainer.state.log_history[0]["era/frac_flattened"] > 0
+
+
+def test_requires_an_era_config(config_kwargs, prompts):
+    with pytest.raises(TypeError, match="args must be an ERAGRPOConfig"):
+        ERAGRPOTrainer(model=build_model(), reward_funcs=count_reward, args=GRPOConfig(**config_kwargs))
