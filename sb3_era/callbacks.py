@@ -3,7 +3,9 @@
 Keys written: ``era/entropy_floor`` (the guaranteed floor), ``era/gaussian_entropy`` and
 ``era/gaussian_entropy_min`` (the unbounded Gaussian's entropy, mean and minimum over the measured
 states; the floor holds when the minimum is at or above it), ``era/policy_entropy`` (the final bounded
-policy's entropy in the ``[-1, 1]``-scaled action space; lower than the Gaussian's where actions saturate)
+policy's mean entropy in the ``[-1, 1]``-scaled action space, exact for truncated-normal and categorical
+actions, a one-sample-per-state Monte-Carlo estimate for the tanh-squashed Gaussian; lower than the
+Gaussian's, most where actions saturate)
 and, for a per-state floor, ``era/delta``. PPO's own ``train/std`` shows the raw ``log_std`` parameter,
 which is not the standard deviation ERA produces.
 """

@@ -48,9 +48,9 @@ _PARAMS_DOC = """
     :param delta: ``Box`` only. Constant compensation, ``Ht = H0 + delta``
     :param state_dependent_std: ``Box`` only. Compute the ERA pre-activations with a linear head on the
         actor's latent (a log-std per state) instead of SB3's state-independent ``log_std`` vector
-    :param min_entropy: ``Discrete`` only. Entropy floor ``Hmin`` of the action distribution (nats),
-        inside the range that :func:`era_core.softmax_era_feasible_range` gives. Default: the lowest
-        feasible value, the mildest constraint
+    :param min_entropy: ``Discrete`` only, and required there. Entropy floor ``Hmin`` of the action
+        distribution (nats), inside the interval that :func:`era_core.softmax_era_feasible_range` gives
+        (the error message states it)
     :param softmax_tau: ``Discrete`` only. ``tau`` of the softmax ERA (the authors' 4)
     :param args: Positional parameters of the host policy
     :param kwargs: Keyword parameters of the host policy (see ``ActorCriticPolicy``), e.g. ``net_arch``,
@@ -99,7 +99,11 @@ class ERAActorCriticMixin:
             if given:
                 raise ValueError(f"{', '.join(given)} apply to Box action spaces, not to {action_space}")
             if min_entropy is None:
-                min_entropy = softmax_era_feasible_range(int(action_space.n), softmax_tau)[0]
+                low, high = softmax_era_feasible_range(int(action_space.n), softmax_tau)
+                raise ValueError(
+                    f"ERA for Discrete actions needs min_entropy, the entropy floor (nats); for {action_space} "
+                    f"and softmax_tau={softmax_tau} it must lie in ({low:.4f}, {high:.4f}]"
+                )
             check_softmax_era_args(int(action_space.n), min_entropy, softmax_tau)
         else:
             check_bounded_box(action_space, "Box (continuous) and Discrete")

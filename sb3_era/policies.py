@@ -59,8 +59,8 @@ def distribution_entropy_stats(distribution: Distribution, entropy_floor: float)
     :param entropy_floor: the floor ERA guarantees (on the Gaussian entropy, or the categorical one).
     :return: ``entropy_floor``; for continuous actions ``gaussian_entropy`` (mean over states) and
         ``gaussian_entropy_min`` (the floor holds when it is ``>= entropy_floor``); ``policy_entropy``, the
-        entropy of the final bounded policy (exact for categorical actions, otherwise the Monte-Carlo
-        estimate ``-mean(log_prob)`` of one sampled action per state).
+        mean entropy of the final bounded policy (exact for categorical and truncated-normal actions; for
+        the tanh-squashed Gaussian the Monte-Carlo estimate ``-mean(log_prob)`` of one action per state).
     """
     stats = {"entropy_floor": float(entropy_floor)}
     if isinstance(distribution, CategoricalDistribution):
@@ -71,11 +71,14 @@ def distribution_entropy_stats(distribution: Distribution, entropy_floor: float)
         gaussian = gaussian_entropy(log_std)
         stats["gaussian_entropy"] = gaussian.mean().item()
         stats["gaussian_entropy_min"] = gaussian.min().item()
-        actions = distribution.sample()
         if isinstance(distribution, TruncatedNormalDistribution):
-            log_prob = distribution.log_prob(actions) + distribution.log_scale_correction
-        else:
-            log_prob = distribution.log_prob(actions, distribution.gaussian_actions)
+            stats["policy_entropy"] = (
+                (distribution.entropy() - distribution.log_scale_correction).mean().item()
+            )
+            return stats
+        # The tanh-squashed Gaussian has no closed-form entropy.
+        actions = distribution.sample()
+        log_prob = distribution.log_prob(actions, distribution.gaussian_actions)
         stats["policy_entropy"] = -log_prob.mean().item()
         return stats
     raise TypeError(f"no ERA entropy measurement for {type(distribution).__name__}")

@@ -1,0 +1,87 @@
+"""TruncatedNormalDistribution: an SB3 Distribution that agrees with era_core.TruncatedNormal (spec 1.1)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch as th
+
+from era_core import TruncatedNormal
+from sb3_era import TruncatedNormalDistribution
+
+
+def _params(batch: int = 64, dim: int = 3, seed: int = 0) -> tuple[th.Tensor, th.Tensor]:
+    generator = th.Generator().manual_seed(seed)
+    mean = 3.0 * th.randn(batch, dim, generator=generator)
+    log_std = th.empty(batch, dim).uniform_(-8.0, 0.0, generator=generator)
+    return mean, log_std
+
+
+def test_log_prob_and_entropy_match_era_core_truncated_normal_summed_over_dims():
+    mean, log_std = _params()
+    dist = TruncatedNormalDistribution(3).proba_distribution(mean, log_std)
+    reference = TruncatedNormal(th.tanh(mean).clamp(-1 + 1e-7, 1 - 1e-7), log_std.exp(), -1.0, 1.0)
+    actions = dist.sample()
+    th.testing.assert_close(dist.log_prob(actions), reference.log_prob(actions).sum(-1))
+    th.testing.assert_close(dist.entropy(), reference.entropy().sum(-1))
+
+
+def test_samples_stay_in_bounds_and_mode_is_tanh_of_mean():
+    mean, log_std = _params()
+    dist = TruncatedNormalDistribution(3).proba_distribution(mean, log_std)
+    actions = dist.sample()
+    assert actions.abs().max() <= 1.0
+    assert th.isfinite(dist.log_prob(actions)).all()
+    th.testing.assert_close(dist.mode(), th.tanh(mean).clamp(-1 + 1e-7, 1 - 1e-7))
+    th.testing.assert_close(dist.get_actions(deterministic=True), dist.mode())
+
+
+def test_log_prob_gradients_are_finite_at_the_smallest_std_and_saturated_means():
+    mean = th.tensor([[40.0, -40.0, 0.0]], requires_grad=True)
+    log_std = th.full((1, 3), -8.0, requires_grad=True)
+    dist = TruncatedNormalDistribution(3)
+    actions, log_prob = dist.log_prob_from_params(mean, log_std)
+    log_prob.sum().backward()
+    assert th.isfinite(log_prob).all() and th.isfinite(actions).all()
+    assert th.isfinite(mean.grad).all() and th.isfinite(log_std.grad).all()
+
+
+def test_non_unit_bounds_rescale_actions_and_shift_log_prob_by_the_jacobian():
+    low, high = np.array([-2.0, 0.0, -0.4]), np.array([2.0, 1.0, 0.4])
+    mean, log_std = _params()
+    unit = TruncatedNormalDistribution(3).proba_distribution(mean, log_std)
+    scaled = TruncatedNormalDistribution(3, low, high).proba_distribution(mean, log_std)
+    unit_actions = unit.sample()
+    actions = (
+        th.as_tensor((high + low) / 2, dtype=th.float32)
+        + th.as_tensor((high - low) / 2, dtype=th.float32) * unit_actions
+    )
+    log_jacobian = float(np.log((high - low) / 2).sum())
+    # The float32 round trip through the affine map is resolved by stds down to exp(-8) ~ 3e-4.
+    th.testing.assert_close(
+        scaled.log_prob(actions), unit.log_prob(unit_actions) - log_jacobian, rtol=1e-4, atol=1e-3
+    )
+    th.testing.assert_close(scaled.entropy(), unit.entropy() + log_jacobian)
+    samples = scaled.sample()
+    assert (samples >= th.as_tensor(low, dtype=th.float32)).all() and (
+        samples <= th.as_tensor(high, dtype=th.float32)
+    ).all()
+
+
+def test_monte_carlo_entropy_agrees_with_the_closed_form():
+    mean = th.zeros(20000, 2) + th.tensor([0.3, -2.0])
+    log_std = th.zeros(20000, 2) + th.tensor([-0.5, -1.0])
+    dist = TruncatedNormalDistribution(2).proba_distribution(mean, log_std)
+    monte_carlo = -dist.log_prob(dist.sample()).mean().item()
+    assert math.isclose(monte_carlo, dist.entropy()[0].item(), abs_tol=0.03)
+
+
+def test_unbounded_or_inverted_bounds_raise():
+    for low, high in [(-np.inf, 1.0), (1.0, -1.0)]:
+        try:
+            TruncatedNormalDistribution(2, low, high)
+        except ValueError as error:
+            assert "low < high" in str(error)
+        else:
+            raise AssertionError(f"bounds {low}, {high} were accepted")

@@ -1,0 +1,172 @@
+"""ERA actors for SAC, TQC and CrossQ: short real trainings, the floor on the trained policy, learned delta."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch as th
+from gymnasium import spaces
+from sb3_era_envs import TINY_NET, ReachTargetEnv
+
+from era_core import gaussian_entropy
+from sb3_era import (
+    ERASAC,
+    ERATQC,
+    ERACrossQ,
+    ERASACCnnPolicy,
+    ERASACMultiInputPolicy,
+    ERASACPolicy,
+    TruncatedNormalDistribution,
+)
+
+OFF_POLICY = [ERASAC, ERATQC, ERACrossQ]
+TRAIN_STEPS = 300
+FLOAT_TOLERANCE = 1e-5
+
+
+def _train(algo, env, steps: int = TRAIN_STEPS, **kwargs):
+    policy_kwargs = dict(net_arch=TINY_NET, **kwargs.pop("policy_kwargs", {}))
+    model = algo(
+        "MlpPolicy", env, learning_starts=64, batch_size=32, policy_kwargs=policy_kwargs, seed=0, **kwargs
+    )
+    model.learn(steps)
+    return model
+
+
+def _many_states(model, n_random: int = 2000) -> th.Tensor:
+    """Replay-buffer states plus random ones, many far outside the observation range (large inputs)."""
+    stored = model.replay_buffer.observations[: model.replay_buffer.pos].reshape(
+        -1, *model.observation_space.shape
+    )
+    scales = np.repeat([1.0, 10.0, 1000.0], n_random // 3)
+    random = np.random.default_rng(0).standard_normal((scales.size, stored.shape[1])) * scales[:, None]
+    return th.as_tensor(np.concatenate([stored, random]), dtype=th.float32)
+
+
+def _gaussian_entropies(actor, states: th.Tensor) -> th.Tensor:
+    with th.no_grad():
+        _, log_std, _ = actor.get_action_dist_params(states)
+    return gaussian_entropy(log_std)
+
+
+@pytest.mark.parametrize("action_distribution", ["truncated", "tanh"])
+@pytest.mark.parametrize("algo", OFF_POLICY, ids=lambda algo: algo.__name__)
+def test_off_policy_training_keeps_the_gaussian_entropy_above_the_floor_in_every_state(
+    algo, action_distribution
+):
+    model = _train(algo, ReachTargetEnv(), action_distribution=action_distribution)
+    actor = model.policy.actor
+    assert type(actor.action_dist).__name__ == (
+        "TruncatedNormalDistribution"
+        if action_distribution == "truncated"
+        else "SquashedDiagGaussianDistribution"
+    )
+    actor.set_training_mode(False)
+    entropies = _gaussian_entropies(actor, _many_states(model))
+    floor = actor.era.entropy_floor().item()
+    assert floor == pytest.approx(-1.5)
+    assert th.isfinite(entropies).all()
+    assert entropies.min().item() >= floor - FLOAT_TOLERANCE
+
+
+def test_sac_era_trains_on_pendulum_and_acts_inside_the_bounds():
+    model = _train(ERASAC, "Pendulum-v1")
+    obs = model.env.reset()
+    for _ in range(50):
+        action, _ = model.predict(obs)
+        assert np.all(np.abs(action) <= 2.0)
+        obs, *_ = model.env.step(action)
+    actions = np.stack([model.predict(obs)[0] for _ in range(200)])
+    # Truncated normal in [-1, 1] rescaled to Pendulum's [-2, 2]: actions beyond the unit box occur.
+    assert np.abs(actions).max() > 1.0 or np.unique(actions).size > 1
+
+
+def test_sac_era_short_hopper_v5_run_keeps_the_floor():
+    model = _train(ERASAC, gym.make("Hopper-v5"), steps=200)
+    actor = model.policy.actor
+    entropies = _gaussian_entropies(actor, _many_states(model, n_random=300))
+    assert entropies.min().item() >= actor.era.entropy_floor().item() - FLOAT_TOLERANCE
+    assert actor.era.entropy_floor().item() == pytest.approx(-1.5)
+
+
+def _actor_with_learned_delta(**kwargs) -> ERASACPolicy:
+    env = ReachTargetEnv()
+    policy = ERASACPolicy(
+        env.observation_space, env.action_space, lambda _: 1e-2, net_arch=TINY_NET, learn_delta=True, **kwargs
+    )
+    return policy.actor
+
+
+def test_learned_delta_gets_the_compensation_gradient_instead_of_the_actor_loss_gradient():
+    actor = _actor_with_learned_delta()
+    states = th.rand(64, 4) * 2 - 1
+    actions, log_prob = actor.action_log_prob(states)
+    # An arbitrary actor loss that depends on delta through the log-std.
+    (actions.square().sum() + 3.0 * log_prob.sum()).backward()
+    measured_entropy = -log_prob.detach().mean()
+    assert actor.era.delta.grad.item() == pytest.approx(
+        (measured_entropy - actor.era.target_entropy).item(), rel=1e-5
+    )
+
+
+def test_learned_delta_gets_no_gradient_from_a_plain_forward_pass():
+    actor = _actor_with_learned_delta()
+    actor(th.rand(8, 4)).sum().backward()
+    assert actor.era.delta.grad.item() == 0.0
+    assert any(p is actor.era.delta for group in actor.optimizer.param_groups for p in group["params"])
+
+
+@pytest.mark.parametrize("algo", [ERASAC, ERACrossQ], ids=lambda algo: algo.__name__)
+def test_learned_delta_rises_while_the_final_policy_entropy_is_below_the_target(algo):
+    model = _train(algo, ReachTargetEnv(), learn_delta=True, learning_rate=1e-2)
+    actor = model.policy.actor
+    stats = actor.entropy_stats(th.as_tensor(_many_states(model, n_random=0)))
+    # Truncation lowers the entropy below the Gaussian's, so the compensation must grow.
+    assert stats["policy_entropy"] < actor.era.target_entropy + stats["delta"]
+    assert actor.era.delta.item() > 0.0
+    assert stats["entropy_floor"] == pytest.approx(actor.era.target_entropy + actor.era.delta.item())
+
+
+def test_learned_delta_stays_within_the_feasible_range():
+    actor = _actor_with_learned_delta(target_entropy_per_dim=1.0)
+    with th.no_grad():
+        actor.era.delta.fill_(10.0)
+    entropies = _gaussian_entropies(actor, th.rand(32, 4))
+    assert th.isfinite(entropies).all()
+    assert actor.era.entropy_floor().item() == pytest.approx(actor.era.target_entropy + actor.era.max_delta)
+
+
+def test_batch_floor_holds_the_batch_mean_entropy_at_the_target_during_training():
+    model = _train(ERASAC, ReachTargetEnv(), floor="batch")
+    actor = model.policy.actor
+    assert type(actor.era).__name__ == "BatchGaussianERA"
+    states = _many_states(model, n_random=0)
+    actor.set_training_mode(True)
+    with th.no_grad():
+        _, log_std, _ = actor.get_action_dist_params(states)
+    # Away from the log-std bounds the batch shift is exact: the batch-mean entropy is the target.
+    assert (log_std > actor.era.log_std_min).all() and (log_std < actor.era.log_std_max).all()
+    assert gaussian_entropy(log_std).mean().item() == pytest.approx(actor.era.target_entropy, abs=1e-4)
+    # In evaluation the running shift is used: a state's log-std no longer depends on its batch.
+    actor.set_training_mode(False)
+    with th.no_grad():
+        _, batch_log_std, _ = actor.get_action_dist_params(states)
+        _, single_log_std, _ = actor.get_action_dist_params(states[:1])
+    th.testing.assert_close(batch_log_std[:1], single_log_std)
+    assert actor.era.running_shift.item() != 0.0
+
+
+def test_cnn_and_multi_input_policies_build_era_actors_and_act():
+    image_space = spaces.Box(0, 255, (3, 40, 40), np.uint8)
+    action_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
+    cnn = ERASACCnnPolicy(image_space, action_space, lambda _: 1e-3, net_arch=TINY_NET)
+    action, _ = cnn.predict(image_space.sample())
+    assert action.shape == (2,)
+    dict_space = spaces.Dict({"image": image_space, "vector": spaces.Box(-1.0, 1.0, (5,), np.float32)})
+    multi = ERASACMultiInputPolicy(dict_space, action_space, lambda _: 1e-3, net_arch=TINY_NET)
+    action, _ = multi.predict(dict_space.sample())
+    assert action.shape == (2,)
+    for policy in (cnn, multi):
+        assert isinstance(policy.actor.action_dist, TruncatedNormalDistribution)
+        assert type(policy.actor.features_extractor).__name__ in ("NatureCNN", "CombinedExtractor")

@@ -1,0 +1,141 @@
+"""ERA actor-critic policies for PPO, A2C and RecurrentPPO: continuous and discrete actions (spec 1.5, 2)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch as th
+from sb3_contrib import RecurrentPPO
+from sb3_era_envs import TINY_NET, ReachTargetEnv
+from stable_baselines3 import PPO
+from stable_baselines3.common.distributions import SquashedDiagGaussianDistribution
+
+from era_core import categorical_entropy, gaussian_entropy
+from sb3_era import (
+    ERAA2C,
+    ERAPPO,
+    ERAActorCriticPolicy,
+    ERAEntropyCallback,
+    ERARecurrentActorCriticPolicy,
+    TruncatedNormalDistribution,
+    era_entropy_stats,
+)
+
+FLOAT_TOLERANCE = 1e-5
+ON_POLICY_KWARGS = {ERAPPO: dict(n_steps=128, batch_size=64, n_epochs=2), ERAA2C: dict(n_steps=16)}
+
+
+def _train(algo, env, steps: int = 256, **policy_kwargs):
+    model = algo(
+        "MlpPolicy",
+        env,
+        policy_kwargs=dict(net_arch=TINY_NET, **policy_kwargs),
+        seed=0,
+        **ON_POLICY_KWARGS[algo],
+    )
+    model.learn(steps)
+    return model
+
+
+def _states(model, n: int = 3000) -> th.Tensor:
+    scales = np.repeat([1.0, 10.0, 1000.0], n // 3)
+    shape = model.observation_space.shape[0]
+    return th.as_tensor(
+        np.random.default_rng(0).standard_normal((scales.size, shape)) * scales[:, None], dtype=th.float32
+    )
+
+
+@pytest.mark.parametrize(
+    "policy_kwargs",
+    [dict(), dict(action_distribution="tanh"), dict(state_dependent_std=True)],
+    ids=["truncated", "tanh", "state_dependent_std"],
+)
+@pytest.mark.parametrize("algo", [ERAPPO, ERAA2C], ids=lambda algo: algo.__name__)
+def test_on_policy_training_keeps_the_gaussian_entropy_above_the_floor_in_every_state(algo, policy_kwargs):
+    model = _train(algo, ReachTargetEnv(), **policy_kwargs)
+    policy = model.policy
+    with th.no_grad():
+        distribution = policy.get_distribution(_states(model))
+    entropies = gaussian_entropy(distribution.distribution.scale.log())
+    assert th.isfinite(entropies).all()
+    assert entropies.min().item() >= policy.entropy_floor() - FLOAT_TOLERANCE
+    assert policy.entropy_floor() == pytest.approx(-1.5)
+    if policy_kwargs.get("state_dependent_std"):
+        assert entropies.std().item() > 0.0
+
+
+def test_continuous_actions_cover_the_action_bounds_beyond_the_unit_box():
+    model = _train(ERAPPO, ReachTargetEnv())
+    assert isinstance(model.policy.action_dist, TruncatedNormalDistribution)
+    obs = np.random.default_rng(0).uniform(-1, 1, (2000, 4)).astype(np.float32)
+    actions, _ = model.predict(obs)
+    assert np.all(np.abs(actions) <= 2.0)
+    assert np.abs(actions).max() > 1.0
+
+
+def test_tanh_policy_squashes_and_the_algorithm_rescales_to_the_bounds():
+    model = _train(ERAPPO, ReachTargetEnv(), action_distribution="tanh")
+    assert isinstance(model.policy.action_dist, SquashedDiagGaussianDistribution)
+    assert model.policy.squash_output
+    actions, _ = model.predict(np.random.default_rng(0).uniform(-1, 1, (2000, 4)).astype(np.float32))
+    assert np.all(np.abs(actions) <= 2.0) and np.abs(actions).max() > 1.0
+
+
+def test_state_dependent_std_head_is_in_the_optimizer_and_trained():
+    env = ReachTargetEnv()
+    model = ERAPPO("MlpPolicy", env, n_steps=128, batch_size=64, n_epochs=2, state_dependent_std=True, seed=0)
+    policy = model.policy
+    optimized = {id(p) for group in policy.optimizer.param_groups for p in group["params"]}
+    assert all(id(p) in optimized for p in policy.log_std_net.parameters())
+    assert optimized == {id(p) for p in policy.parameters()}
+    assert not hasattr(policy, "log_std")
+    before = [p.detach().clone() for p in policy.log_std_net.parameters()]
+    model.learn(128)
+    assert any(not th.equal(b, p) for b, p in zip(before, policy.log_std_net.parameters(), strict=True))
+
+
+@pytest.mark.parametrize("algo", [ERAPPO, ERAA2C], ids=lambda algo: algo.__name__)
+def test_discrete_actions_keep_the_categorical_entropy_above_min_entropy(algo):
+    model = _train(algo, "CartPole-v1", min_entropy=0.4)
+    policy = model.policy
+    with th.no_grad():
+        logits = policy.get_distribution(_states(model)).distribution.logits
+    entropies = categorical_entropy(logits)
+    # SoftmaxERA's inverse is an approximation (spec 2); with two classes it errs on the safe side.
+    assert entropies.min().item() >= 0.4 - 1e-3
+    assert policy.entropy_floor() == 0.4
+
+
+@pytest.mark.parametrize(
+    ("env_id", "kwargs"),
+    [("Pendulum-v1", {}), ("CartPole-v1", {"min_entropy": 0.3})],
+    ids=["Box", "Discrete"],
+)
+def test_recurrent_ppo_trains_with_the_era_recurrent_policy_and_logs_the_floor(env_id, kwargs, tmp_path):
+    from stable_baselines3.common.logger import configure
+
+    model = RecurrentPPO(
+        ERARecurrentActorCriticPolicy,
+        env_id,
+        n_steps=64,
+        batch_size=32,
+        n_epochs=1,
+        policy_kwargs=dict(net_arch=TINY_NET, lstm_hidden_size=16, **kwargs),
+        seed=0,
+    )
+    model.set_logger(configure(str(tmp_path), ["csv"]))
+    model.learn(128, callback=ERAEntropyCallback(log_freq=1, n_states=64))
+    stats = era_entropy_stats(model, 64)
+    if env_id == "Pendulum-v1":
+        assert stats["gaussian_entropy_min"] >= stats["entropy_floor"] - FLOAT_TOLERANCE
+    else:
+        assert stats["policy_entropy"] >= stats["entropy_floor"] == 0.3
+    assert np.isfinite(stats["policy_entropy"])
+    header = (tmp_path / "progress.csv").read_text().splitlines()[0].split(",")
+    assert "era/entropy_floor" in header and "era/policy_entropy" in header
+
+
+def test_plain_ppo_accepts_the_era_policy_class():
+    model = PPO(ERAActorCriticPolicy, ReachTargetEnv(), n_steps=64, batch_size=32, n_epochs=1, ent_coef=0.0)
+    model.learn(64)
+    assert isinstance(model.policy, ERAActorCriticPolicy)
