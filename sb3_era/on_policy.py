@@ -26,6 +26,9 @@ from torch import nn
 from era_core import GaussianERA, SoftmaxERA, check_softmax_era_args, softmax_era_feasible_range
 from sb3_era.distributions import TruncatedNormalDistribution
 from sb3_era.policies import (
+    LOG_STD_MAX,
+    LOG_STD_MIN,
+    SOFTMAX_TAU,
     check_action_distribution,
     check_bounded_box,
     check_no_sde,
@@ -78,24 +81,27 @@ class ERAActorCriticMixin:
         *args: Any,
         target_entropy: float | None = None,
         target_entropy_per_dim: float | None = None,
-        log_std_min: float = -8.0,
-        log_std_max: float = 0.0,
+        log_std_min: float = LOG_STD_MIN,
+        log_std_max: float = LOG_STD_MAX,
         action_distribution: str = "truncated",
         delta: float = 0.0,
         state_dependent_std: bool = False,
         min_entropy: float | None = None,
-        softmax_tau: float = 4.0,
+        softmax_tau: float = SOFTMAX_TAU,
         **kwargs: Any,
     ):
         check_no_sde(kwargs.get("use_sde", False))
         if isinstance(action_space, spaces.Discrete):
             continuous_knobs = dict(
-                target_entropy=target_entropy,
-                target_entropy_per_dim=target_entropy_per_dim,
-                delta=delta,
+                target_entropy=target_entropy is not None,
+                target_entropy_per_dim=target_entropy_per_dim is not None,
+                log_std_min=log_std_min != LOG_STD_MIN,
+                log_std_max=log_std_max != LOG_STD_MAX,
+                action_distribution=action_distribution != "truncated",
+                delta=delta != 0.0,
                 state_dependent_std=state_dependent_std,
             )
-            given = [name for name, value in continuous_knobs.items() if value]
+            given = [name for name, is_set in continuous_knobs.items() if is_set]
             if given:
                 raise ValueError(f"{', '.join(given)} apply to Box action spaces, not to {action_space}")
             if min_entropy is None:
@@ -108,8 +114,10 @@ class ERAActorCriticMixin:
         else:
             check_bounded_box(action_space, "Box (continuous) and Discrete")
             check_action_distribution(action_distribution)
-            if min_entropy is not None:
-                raise ValueError(f"min_entropy applies to Discrete action spaces, not to {action_space}")
+            if min_entropy is not None or softmax_tau != SOFTMAX_TAU:
+                raise ValueError(
+                    f"min_entropy and softmax_tau apply to Discrete action spaces, not to {action_space}"
+                )
         self.era_kwargs = dict(
             target_entropy=target_entropy,
             target_entropy_per_dim=target_entropy_per_dim,

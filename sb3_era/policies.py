@@ -13,6 +13,11 @@ from stable_baselines3.common.distributions import (
 from era_core import gaussian_entropy
 from sb3_era.distributions import TruncatedNormalDistribution
 
+# The ERA authors' log-std bounds (SB3's SAC clamps at -20 and 2).
+LOG_STD_MIN = -8.0
+LOG_STD_MAX = 0.0
+# The authors' tau for the softmax ERA on discrete actions.
+SOFTMAX_TAU = 4.0
 ACTION_DISTRIBUTIONS = ("truncated", "tanh")
 FLOORS = ("state", "batch")
 

@@ -78,7 +78,7 @@ def test_infeasible_or_missing_discrete_min_entropy_raises_with_the_feasible_int
         (ERASACPolicy, BOX, dict(action_distribution="beta"), "action_distribution must be one of"),
         (ERASACPolicy, BOX, dict(floor="episode"), "floor must be one of"),
         (ERASACPolicy, BOX, dict(floor="batch", learn_delta=True), "per-state floor only"),
-        (ERAActorCriticPolicy, BOX, dict(min_entropy=0.5), "min_entropy applies to Discrete"),
+        (ERAActorCriticPolicy, BOX, dict(min_entropy=0.5), "min_entropy and softmax_tau apply to Discrete"),
         (
             ERAActorCriticPolicy,
             spaces.Discrete(3),

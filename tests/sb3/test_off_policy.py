@@ -170,3 +170,36 @@ def test_cnn_and_multi_input_policies_build_era_actors_and_act():
     for policy in (cnn, multi):
         assert isinstance(policy.actor.action_dist, TruncatedNormalDistribution)
         assert type(policy.actor.features_extractor).__name__ in ("NatureCNN", "CombinedExtractor")
+
+
+class _DictReachTargetEnv(ReachTargetEnv):
+    """ReachTargetEnv observing a dict, for the MultiInput policies."""
+
+    def __init__(self):
+        super().__init__()
+        self.observation_space = spaces.Dict({"state": self.observation_space})
+
+    def reset(self, *, seed=None, options=None):
+        obs, info = super().reset(seed=seed, options=options)
+        return {"state": obs}, info
+
+    def step(self, action):
+        obs, *rest = super().step(action)
+        return {"state": obs}, *rest
+
+
+def test_era_sac_trains_and_logs_with_dict_observations(tmp_path):
+    from stable_baselines3.common.logger import configure
+
+    model = ERASAC(
+        "MultiInputPolicy",
+        _DictReachTargetEnv(),
+        learning_starts=32,
+        batch_size=32,
+        policy_kwargs=dict(net_arch=TINY_NET),
+    )
+    model.set_logger(configure(str(tmp_path), ["csv"]))
+    model.learn(100, log_interval=1)
+    assert isinstance(model.policy, ERASACMultiInputPolicy)
+    header = (tmp_path / "progress.csv").read_text().splitlines()[0].split(",")
+    assert "era/gaussian_entropy_min" in header

@@ -36,10 +36,11 @@ ON_POLICY_KNOBS = dict(
     action_distribution="tanh",
     delta=0.1,
     state_dependent_std=True,
-    softmax_tau=5.0,
 )
+DISCRETE_KNOBS = dict(min_entropy=0.4, softmax_tau=5.0)
 CASES = [
     (ERASAC, OFF_POLICY_KNOBS, dict(learning_starts=32, batch_size=16)),
+    (ERAPPO, DISCRETE_KNOBS, dict(n_steps=32, batch_size=16, n_epochs=1)),
     (
         ERATQC,
         dict(OFF_POLICY_KNOBS, floor="batch", delta=0.0, learn_delta=False),
@@ -49,14 +50,18 @@ CASES = [
     (ERAPPO, ON_POLICY_KNOBS, dict(n_steps=32, batch_size=16, n_epochs=1)),
     (ERAA2C, dict(ON_POLICY_KNOBS, action_distribution="truncated"), dict(n_steps=8)),
 ]
+# Both ReachTargetEnv and CartPole-v1 observe 4 numbers.
 OBS = np.random.default_rng(0).uniform(-1, 1, (64, 4)).astype(np.float32)
 
 
-@pytest.mark.parametrize(("algo", "knobs", "algo_kwargs"), CASES, ids=[case[0].__name__ for case in CASES])
+@pytest.mark.parametrize(
+    ("algo", "knobs", "algo_kwargs"),
+    CASES,
+    ids=["ERASAC", "ERAPPO-Discrete", "ERATQC-batch", "ERACrossQ", "ERAPPO", "ERAA2C"],
+)
 def test_model_save_load_keeps_every_era_knob_and_deterministic_actions(algo, knobs, algo_kwargs, tmp_path):
-    model = algo(
-        "MlpPolicy", ReachTargetEnv(), policy_kwargs=dict(net_arch=TINY_NET, **knobs), seed=0, **algo_kwargs
-    )
+    env = "CartPole-v1" if "min_entropy" in knobs else ReachTargetEnv()
+    model = algo("MlpPolicy", env, policy_kwargs=dict(net_arch=TINY_NET, **knobs), seed=0, **algo_kwargs)
     model.learn(64)
     model.save(tmp_path / "model")
     loaded = algo.load(tmp_path / "model")
