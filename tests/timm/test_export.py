@@ -1,0 +1,78 @@
+"""Export and training utilities of timm keep working with the ERA head."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import timm
+import torch
+from conftest import ARCHITECTURES
+from timm.optim import create_optimizer_v2
+from timm.utils import ModelEmaV3
+
+
+@pytest.mark.parametrize(
+    "arch", ["resnet10t", "vit_tiny_patch16_224", "convnext_atto", "mobilenetv3_small_050"]
+)
+def test_torchscript(arch, images) -> None:
+    model = timm.create_model(f"{arch}_era", num_classes=10, **ARCHITECTURES[arch]).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter(
+            "ignore", FutureWarning
+        )  # torch.jit.script is deprecated in favour of torch.compile
+        scripted = torch.jit.script(model)
+    torch.testing.assert_close(scripted(images), model(images))
+    features = model.forward_features(images)
+    torch.testing.assert_close(
+        scripted.forward_head(features, pre_logits=True), model.forward_head(features, True)
+    )
+
+
+def test_torch_compile_forward_and_backward(images) -> None:
+    model = timm.create_model("resnet10t_era", num_classes=10)
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    out = compiled(images)
+    torch.testing.assert_close(out, model(images))
+    out.logsumexp(-1).sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_onnx_export_matches_eager(tmp_path, images) -> None:
+    onnx = pytest.importorskip("onnx")
+    from onnx.reference import ReferenceEvaluator
+
+    model = timm.create_model("resnet10t_era", num_classes=10).eval()
+    path = tmp_path / "model.onnx"
+    torch.onnx.export(model, (images,), path, input_names=["x"], output_names=["logits"], dynamo=True)
+    graph = onnx.load(str(path))
+    assert {"Softmax", "Log", "Sqrt"} <= {node.op_type for node in graph.graph.node}  # the ERA activation
+    (logits,) = ReferenceEvaluator(graph).run(None, {"x": images.numpy()})
+    np.testing.assert_allclose(logits, model(images).detach().numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_model_ema_tracks_an_era_model(images) -> None:
+    model = timm.create_model("resnet10t_era", num_classes=10, min_entropy=0.7)
+    ema = ModelEmaV3(model, decay=0.5)
+    assert type(ema.module) is type(model) and ema.module.era.min_entropy == 0.7
+    start = model.fc.weight.detach().clone()
+    with torch.no_grad():
+        model.fc.weight.add_(1.0)
+    ema.update(model)
+    torch.testing.assert_close(ema.module.fc.weight, start + 0.5)
+    torch.testing.assert_close(
+        ema.module.eval()(images),
+        ema.module.era(
+            ema.module.fc(ema.module.forward_head(ema.module.forward_features(images), pre_logits=True))
+        ),
+    )
+
+
+def test_optimizer_with_layer_decay(images) -> None:
+    model = timm.create_model("vit_tiny_patch16_224_era", num_classes=10, img_size=32)
+    optimizer = create_optimizer_v2(model, opt="adamw", lr=1e-3, weight_decay=0.05, layer_decay=0.75)
+    scales = sorted({group["lr_scale"] for group in optimizer.param_groups})
+    assert len(scales) > 2 and scales[-1] == 1.0
+    torch.nn.functional.cross_entropy(model(images), torch.arange(4)).backward()
+    optimizer.step()

@@ -1,0 +1,182 @@
+"""The ERA head on timm models: the entropy floor on model outputs, and every timm head path kept intact."""
+
+from __future__ import annotations
+
+import copy
+import math
+import pickle
+
+import pytest
+import timm
+import torch
+from conftest import ARCHITECTURES, entropy
+from torch import nn
+
+import timm_era
+from era_core import softmax_era_feasible_range
+
+
+def _saturate_classifier(model: nn.Module, scale: float) -> None:
+    """Scale the classifier's weights; for ``scale > 1`` also add ``scale`` to class 0's bias (one-hot logits)."""
+    classifier = model.get_classifier()
+    with torch.no_grad():
+        classifier.weight.mul_(scale)
+        if scale > 1:
+            classifier.bias[0] += scale
+
+
+@pytest.mark.parametrize("arch", list(ARCHITECTURES))
+@pytest.mark.parametrize("num_classes, min_entropy", [(2, 0.5), (10, 0.6), (100, None)])
+@pytest.mark.parametrize("scale", [1.0, 1e4])
+def test_entropy_floor_holds_on_model_outputs(arch, num_classes, min_entropy, scale, images) -> None:
+    model = timm.create_model(
+        f"{arch}_era", num_classes=num_classes, min_entropy=min_entropy, **ARCHITECTURES[arch]
+    )
+    _saturate_classifier(model, scale)
+    model.eval()
+    with torch.no_grad():
+        logits = model(images)
+        plain = timm_era.remove_era(model)(images)
+    floor = timm_era.resolve_min_entropy(num_classes, min_entropy)
+    assert torch.isfinite(logits).all()
+    assert entropy(logits).min().item() >= floor
+    if scale > 1:  # the plain head is saturated below the floor there: the floor is ERA's doing
+        assert entropy(plain).min().item() < floor
+
+
+def test_newton_inverse_keeps_the_floor_on_saturated_outputs(images) -> None:
+    model = timm.create_model("resnet10t_era", num_classes=10, min_entropy=0.6, era_inverse="newton").eval()
+    assert model.era.inverse == "newton"
+    _saturate_classifier(model, 1e4)
+    with torch.no_grad():
+        assert entropy(model(images)).min().item() >= 0.6
+
+
+def test_floor_holds_in_bfloat16_and_gradients_are_finite(images) -> None:
+    model = timm.create_model("resnet10t_era", num_classes=10, min_entropy=0.6)
+    _saturate_classifier(model, 1e4)
+    logits = model.to(torch.bfloat16)(images.to(torch.bfloat16))
+    assert logits.dtype == torch.bfloat16
+    assert entropy(logits).min().item() >= 0.6
+    nn.functional.cross_entropy(logits.float(), torch.arange(4)).backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_default_min_entropy_matches_the_authors_settings_and_is_feasible() -> None:
+    assert timm_era.default_min_entropy(10) == pytest.approx(0.6)
+    assert timm_era.default_min_entropy(1000) == pytest.approx(1.2)
+    for num_classes in (2, 3, 10, 100, 1000, 21843):
+        low, high = softmax_era_feasible_range(num_classes)
+        assert low < timm_era.default_min_entropy(num_classes) <= high
+    model = timm.create_model("resnet10t_era", num_classes=100)
+    assert model.era.min_entropy == pytest.approx(0.9)
+    assert model.era_min_entropy is None
+
+
+@pytest.mark.parametrize("num_classes, min_entropy", [(2, 0.64), (10, 2.3), (10, -0.1), (10, math.nan)])
+def test_infeasible_min_entropy_raises_with_the_interval(num_classes, min_entropy) -> None:
+    with pytest.raises(ValueError, match="feasible interval"):
+        timm.create_model("resnet10t_era", num_classes=num_classes, min_entropy=min_entropy)
+
+
+def test_one_class_head_is_refused_with_the_reason() -> None:
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        timm.create_model("resnet10t_era", num_classes=1)
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        timm_era.apply_era(timm.create_model("resnet10t", num_classes=1))
+
+
+def test_unknown_inverse_raises() -> None:
+    with pytest.raises(ValueError, match="era_inverse must be one of"):
+        timm.create_model("resnet10t_era", num_classes=10, era_inverse="exact")
+
+
+def test_zero_classes_returns_features_with_era_off(images) -> None:
+    model = timm.create_model("resnet10t_era", num_classes=0).eval()
+    assert isinstance(model.era, nn.Identity)
+    plain = timm.create_model("resnet10t", num_classes=0).eval()
+    plain.load_state_dict(model.state_dict())
+    torch.testing.assert_close(model(images), plain(images))
+
+
+def test_pre_logits_bypasses_era(images) -> None:
+    model = timm.create_model("convnext_atto_era", num_classes=10).eval()
+    plain = timm.create_model("convnext_atto", num_classes=10).eval()
+    plain.load_state_dict(model.state_dict())
+    features = model.forward_features(images)
+    torch.testing.assert_close(
+        model.forward_head(features, pre_logits=True), plain.forward_head(features, True)
+    )
+    torch.testing.assert_close(model.forward_head(features), model.era(plain.forward_head(features)))
+    torch.testing.assert_close(model(images), model.forward_head(features))
+
+
+def test_reset_classifier_revalidates_for_the_new_class_count(images) -> None:
+    model = timm.create_model("resnet10t_era", num_classes=10, min_entropy=1.0)
+    model.reset_classifier(5)
+    assert model.era.num_classes == 5 and model.era.min_entropy == 1.0
+    assert model(images).shape == (4, 5)
+    with pytest.raises(ValueError, match="feasible interval"):
+        model.reset_classifier(2)  # 1.0 nats is above the 2-class maximum (~0.633)
+    assert model.num_classes == 5  # a refused reset leaves the model as it was
+    model.reset_classifier(0)
+    assert isinstance(model.era, nn.Identity) and model(images).shape == (4, 512)
+    default = timm.create_model("resnet10t_era", num_classes=10)
+    default.reset_classifier(1000)
+    assert default.era.min_entropy == pytest.approx(1.2)  # the default follows the class count
+
+
+def test_features_only_builds_timm_feature_extractor(images) -> None:
+    model = timm.create_model("resnet10t_era", features_only=True, out_indices=(2, 4))
+    assert [f.shape[1] for f in model(images)] == model.feature_info.channels()
+    with pytest.raises(ValueError, match="features_only"):
+        timm.create_model("resnet10t_era", features_only=True, min_entropy=0.6)
+
+
+def test_state_dicts_interchange_with_the_plain_model(images) -> None:
+    era = timm.create_model("resnet10t_era", num_classes=10).eval()
+    plain = timm.create_model("resnet10t", num_classes=10).eval()
+    assert list(era.state_dict()) == list(plain.state_dict())
+    plain.load_state_dict(era.state_dict())
+    torch.testing.assert_close(era(images), era.era(plain(images)))
+    era.load_state_dict(timm.create_model("resnet10t", num_classes=10).state_dict())
+
+
+def test_apply_and_remove_era_round_trip(images) -> None:
+    model = timm.create_model("convnext_atto", num_classes=10).eval()
+    before = model(images)
+    model_args = dict(model._model_args)
+    assert timm_era.apply_era(model, min_entropy=0.8) is model
+    assert timm_era.has_era(model) and isinstance(model, timm.models.ConvNeXt)
+    assert model.pretrained_cfg["architecture"] == "convnext_atto_era"
+    assert model._model_args["min_entropy"] == 0.8
+    torch.testing.assert_close(model(images), model.era(before))
+    timm_era.apply_era(model, min_entropy=1.0)  # re-applying replaces the settings
+    assert model.era.min_entropy == 1.0
+    timm_era.remove_era(model)
+    assert type(model) is timm.models.ConvNeXt and not hasattr(model, "era")
+    assert model.pretrained_cfg["architecture"] == "convnext_atto" and model._model_args == model_args
+    torch.testing.assert_close(model(images), before)
+    with pytest.raises(ValueError, match="no ERA head"):
+        timm_era.remove_era(model)
+
+
+def test_apply_era_rejects_modules_without_a_classifier() -> None:
+    with pytest.raises(TypeError, match="timm classifier"):
+        timm_era.apply_era(nn.Linear(4, 10))
+    with pytest.raises(TypeError, match="timm classifier"):
+        timm_era.apply_era(timm.create_model("resnet10t", features_only=True))
+
+
+def test_era_models_pickle_and_deepcopy(images) -> None:
+    model = timm.create_model("resnet10t_era", num_classes=10, min_entropy=0.7).eval()
+    for clone in (pickle.loads(pickle.dumps(model)), copy.deepcopy(model)):
+        assert type(clone) is type(model) and clone.era.min_entropy == 0.7
+        torch.testing.assert_close(clone(images), model(images))
+
+
+def test_era_class_is_cached_and_named_after_the_plain_class() -> None:
+    cls = timm_era.era_class(timm.models.ResNet)
+    assert cls is timm_era.era_class(timm.models.ResNet) and cls.__name__ == "ResNetERA"
+    assert issubclass(cls, timm.models.ResNet)
+    assert type(timm.create_model("resnet10t_era", num_classes=3)) is cls
