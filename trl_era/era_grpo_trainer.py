@@ -8,6 +8,7 @@ import torch
 from accelerate.utils import is_peft_model
 from transformers import PreTrainedModel, ProcessorMixin
 from trl import GRPOTrainer
+from trl.extras.profiling import profiling_decorator
 from trl.models.utils import _ForwardRedirection
 from trl.trainer.utils import get_config_model_id
 
@@ -121,6 +122,7 @@ class ERAGRPOTrainer(GRPOTrainer):
         finally:
             self._era_loss_inputs = None
 
+    @profiling_decorator
     def _get_per_token_logps_and_entropies(
         self,
         model,

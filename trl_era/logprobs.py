@@ -39,6 +39,8 @@ LOGIT_TRANSFORM_FIELDS = (
 )
 _TOKEN_CHUNK_SIZE = 4096
 _VOCAB_CHUNK_SIZE = 32768
+# Tokens whose gathered `(k + 1, H)` LM-head rows are held at once (float32: 1024 * 21 * 896 * 4 B = 77 MB).
+_GATHER_CHUNK_SIZE = 1024
 
 
 @contextmanager
@@ -112,8 +114,8 @@ class _GatheredLogits(torch.autograd.Function):
         out = torch.empty(index.shape, device=hidden.device, dtype=dtype)
         # The few gathered logits are computed in float32 (like TRL's kernel accumulates), never autocast.
         with torch.autocast(hidden.device.type, enabled=False):
-            for start in range(0, hidden.shape[0], _TOKEN_CHUNK_SIZE):
-                rows = slice(start, start + _TOKEN_CHUNK_SIZE)
+            for start in range(0, hidden.shape[0], _GATHER_CHUNK_SIZE):
+                rows = slice(start, start + _GATHER_CHUNK_SIZE)
                 picked = weight[index[rows]].to(dtype)
                 out[rows] = torch.einsum("nh,njh->nj", hidden[rows].to(dtype), picked)
             if bias is not None:
@@ -133,8 +135,8 @@ class _GatheredLogits(torch.autograd.Function):
             grad_weight = (
                 torch.zeros(weight.shape, device=weight.device, dtype=dtype) if needs_weight else None
             )
-            for start in range(0, hidden.shape[0], _TOKEN_CHUNK_SIZE):
-                rows = slice(start, start + _TOKEN_CHUNK_SIZE)
+            for start in range(0, hidden.shape[0], _GATHER_CHUNK_SIZE):
+                rows = slice(start, start + _GATHER_CHUNK_SIZE)
                 grad = grad_out[rows]
                 if grad_hidden is not None:
                     grad_hidden[rows] = torch.einsum("nj,njh->nh", grad, weight[index[rows]].to(dtype))

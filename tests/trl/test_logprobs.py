@@ -126,6 +126,7 @@ def test_topk_search_across_vocabulary_and_token_tiles_equals_one_tile(monkeypat
     one_tile = logprobs.topk_token_logprobs(hidden, lm_head, tokens, scale, 20)
     monkeypatch.setattr(logprobs, "_VOCAB_CHUNK_SIZE", 7)
     monkeypatch.setattr(logprobs, "_TOKEN_CHUNK_SIZE", 4)
+    monkeypatch.setattr(logprobs, "_GATHER_CHUNK_SIZE", 3)
     assert torch.equal(logprobs.topk_token_logprobs(hidden, lm_head, tokens, scale, 20), one_tile)
 
 

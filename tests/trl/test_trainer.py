@@ -247,3 +247,38 @@ def test_lora_adapter_trains(config_kwargs, prompts):
 def test_requires_an_era_config(config_kwargs, prompts):
     with pytest.raises(TypeError, match="args must be an ERAGRPOConfig"):
         ERAGRPOTrainer(model=build_model(), reward_funcs=count_reward, args=GRPOConfig(**config_kwargs))
+
+
+def test_moe_auxiliary_loss_is_trls(config_kwargs, prompts):
+    from transformers import Qwen2MoeConfig, Qwen2MoeForCausalLM
+
+    def moe_model():
+        torch.manual_seed(0)
+        config = Qwen2MoeConfig(
+            vocab_size=VOCAB_SIZE,
+            hidden_size=32,
+            intermediate_size=32,
+            moe_intermediate_size=16,
+            shared_expert_intermediate_size=16,
+            num_experts=4,
+            num_experts_per_tok=2,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            output_router_logits=True,
+            router_aux_loss_coef=0.01,
+            pad_token_id=0,
+            eos_token_id=1,
+        )
+        return Qwen2MoeForCausalLM(config)
+
+    batch = fixed_batch(VOCAB_SIZE)
+    losses = []
+    for era in (False, True):
+        trainer = make_trainer(
+            config_kwargs, prompts, era=era, model=moe_model(), **NO_RESCALING if era else {}
+        )
+        assert trainer.aux_loss_enabled
+        losses.append(trainer._compute_loss(trainer.model, batch))
+        assert trainer._metrics["train"]["aux_loss"][0] > 0
+    assert torch.equal(losses[0], losses[1])

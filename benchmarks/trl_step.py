@@ -1,0 +1,283 @@
+"""Cost of ERA's training step against TRL's plain GRPOTrainer on the same model and generated batch.
+
+The step is the loss's forward and backward (`trainer.compute_loss(...)` then `.backward()`) on a fixed batch of
+completions, the part of a GRPO iteration that ERA changes (generation and rewards are untouched). Each mode runs
+in a fresh process, so peak-memory numbers do not leak from one mode into the next:
+
+- ``grpo``: `trl.GRPOTrainer` (the baseline);
+- ``era-idle``: `ERAGRPOTrainer` whose bounds contain every response (ERA's bookkeeping, nothing rescaled);
+- ``era-quarter``: a quarter of the responses rescaled (those with the largest advantages);
+- ``era-half``: every positive-advantage response (half the batch) rescaled, ERA's most expensive case for a
+  GRPO batch without top-k (a rescaled response is scored by the LM head a second time);
+- ``era-topk20``: as ``era-half`` with the authors' stage-one top-20 filter on every response (TRL's
+  full-vocabulary pass then only gives the entropies and needs no backward).
+
+Memory is the peak of allocated tensor memory during a step, and that peak above what was allocated before the
+step: `torch.cuda.max_memory_allocated` on a GPU, the PyTorch profiler's memory timeline of one extra step on a
+CPU. Offline and self-contained (random-init model, locally
+trained tokenizer)::
+
+    python benchmarks/trl_step.py                                   # CPU, small model
+    python benchmarks/trl_step.py --device cuda --preset qwen2-0.5b # GPU, Qwen2-0.5B shape, bf16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+PRESETS = {
+    # A small model for CPUs.
+    "small": dict(
+        config=dict(
+            vocab_size=16384,
+            hidden_size=128,
+            intermediate_size=256,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        ),
+        dtype="float32",
+        batch=8,
+        prompt_length=16,
+        completion_length=64,
+    ),
+    # The shape of Qwen2-0.5B (and Qwen2.5-0.5B), with random weights.
+    "qwen2-0.5b": dict(
+        config=dict(
+            vocab_size=151936,
+            hidden_size=896,
+            intermediate_size=4864,
+            num_hidden_layers=24,
+            num_attention_heads=14,
+            num_key_value_heads=2,
+            tie_word_embeddings=True,
+            rope_theta=1000000.0,
+        ),
+        dtype="bfloat16",
+        batch=8,
+        prompt_length=128,
+        completion_length=1024,
+    ),
+}
+MODES = {
+    "grpo": None,
+    "era-idle": dict(era_lb=0.0, era_ub=1e9),
+    "era-quarter": dict(era_lb=0.0, era_ub=1e-3, era_adv_threshold=1.5),
+    "era-half": dict(era_lb=0.0, era_ub=1e-3),
+    "era-topk20": dict(era_lb=0.0, era_ub=1e-3, era_topk_logits=20),
+}
+
+
+def build_trainer(mode: str, preset: dict, device: str, output_dir: str):
+    import torch
+    from datasets import Dataset
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+    from trl import GRPOConfig, GRPOTrainer
+
+    from trl_era import ERAGRPOConfig, ERAGRPOTrainer
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(["a b c d e f g"], vocab_size=300, special_tokens=["<pad>", "<eos>"])
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe._tokenizer, pad_token="<pad>", eos_token="<eos>", padding_side="left"
+    )
+    config = Qwen2Config(**preset["config"], max_position_embeddings=32768, pad_token_id=0, eos_token_id=1)
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = Qwen2ForCausalLM._from_config(config, dtype=getattr(torch, preset["dtype"]))
+    common = dict(
+        output_dir=output_dir,
+        per_device_train_batch_size=preset["batch"],
+        num_generations=preset["batch"] // 2,  # the batch holds 2 groups
+        max_completion_length=preset["completion_length"],
+        report_to="none",
+        use_cpu=device == "cpu",
+        bf16=preset["dtype"] == "bfloat16",
+        loss_type="dapo",
+    )
+    era = MODES[mode]
+    config_class, trainer_class = (
+        (GRPOConfig, GRPOTrainer) if era is None else (ERAGRPOConfig, ERAGRPOTrainer)
+    )
+    trainer = trainer_class(
+        model=model,
+        reward_funcs=lambda completions, **kwargs: [0.0] * len(completions),
+        args=config_class(**common, **(era or {})),
+        train_dataset=Dataset.from_dict({"prompt": ["a b c"] * preset["batch"]}),
+        processing_class=tokenizer,
+    )
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = 1  # set by `train()`; the loss reads it
+    return trainer
+
+
+def fixed_batch(preset: dict, vocab_size: int, device: str) -> dict:
+    """A generated batch as GRPOTrainer stores it: advantages 2, 1, -1, -2 in turn, ragged completion lengths."""
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    batch, prompt_length, completion_length = (
+        preset["batch"],
+        preset["prompt_length"],
+        preset["completion_length"],
+    )
+    prompt_ids = torch.randint(2, vocab_size, (batch, prompt_length), generator=generator)
+    completion_ids = torch.randint(2, vocab_size, (batch, completion_length), generator=generator)
+    lengths = torch.randint(completion_length // 2, completion_length + 1, (batch,), generator=generator)
+    completion_mask = (torch.arange(completion_length) < lengths.unsqueeze(-1)).long()
+    advantages = torch.tensor([2.0, 1.0, -1.0, -2.0] * (batch // 4))
+    result = dict(
+        prompt_ids=prompt_ids,
+        prompt_mask=torch.ones_like(prompt_ids),
+        completion_ids=completion_ids,
+        completion_mask=completion_mask,
+        advantages=advantages,
+        num_items_in_batch=completion_mask.sum(),
+    )
+    return {key: value.to(device) for key, value in result.items()}
+
+
+def cpu_memory_before_and_peak(step, output_dir: str) -> tuple[float, float]:
+    """Allocated CPU tensor bytes at the start of one step and at its peak, from the profiler's memory timeline."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(
+        activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True
+    ) as prof:
+        step()
+    path = os.path.join(output_dir, "memory_timeline.json")
+    prof.export_memory_timeline(path, device="cpu")
+    with open(path) as file:
+        _, sizes = json.load(file)
+    totals = [sum(categories) for categories in sizes]
+    return totals[0], max(totals)
+
+
+def run_mode(mode: str, args: argparse.Namespace) -> dict:
+    """Time and peak memory of `args.repeats` steps of one mode, in this process."""
+    import tempfile
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    preset = PRESETS[args.preset]
+    with tempfile.TemporaryDirectory() as output_dir:
+        trainer = build_trainer(mode, preset, args.device, output_dir)
+        batch = fixed_batch(preset, preset["config"]["vocab_size"], args.device)
+        cuda = args.device == "cuda"
+
+        def step() -> float:
+            if cuda:
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            trainer.compute_loss(trainer.model, batch).backward()
+            if cuda:
+                torch.cuda.synchronize()
+            elapsed = time.perf_counter() - start
+            trainer.model.zero_grad(set_to_none=True)
+            return elapsed
+
+        for _ in range(args.warmup):
+            step()
+        if cuda:
+            torch.cuda.synchronize()
+            before = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+        times = [step() for _ in range(args.repeats)]
+        if cuda:
+            peak = torch.cuda.max_memory_allocated()
+        else:
+            before, peak = cpu_memory_before_and_peak(step, output_dir)
+        metrics = {
+            key: values[-1] for key, values in trainer._metrics["train"].items() if key.startswith("era/")
+        }
+    return {
+        "mode": mode,
+        "time_median_s": statistics.median(times),
+        "time_min_s": min(times),
+        "peak_above_start_mib": (peak - before) / 2**20,
+        "peak_mib": peak / 2**20,
+        "era_metrics": metrics,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="small")
+    parser.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES))
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads per process")
+    parser.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/results/...)")
+    parser.add_argument("--worker", choices=list(MODES), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.worker:
+        print("RESULT " + json.dumps(run_mode(args.worker, args)), flush=True)
+        return
+
+    results = []
+    for mode in args.modes:
+        command = [sys.executable, os.path.abspath(__file__), *sys.argv[1:], "--worker", mode]
+        repo_root = str(Path(__file__).resolve().parents[1])
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([repo_root, os.environ.get("PYTHONPATH", "")])}
+        completed = subprocess.run(command, capture_output=True, text=True, env=env)
+        lines = [line for line in completed.stdout.splitlines() if line.startswith("RESULT ")]
+        if completed.returncode != 0 or not lines:
+            sys.exit(f"mode {mode} failed:\n{completed.stderr[-4000:]}")
+        results.append(json.loads(lines[-1][len("RESULT ") :]))
+
+    baseline = next((r for r in results if r["mode"] == "grpo"), results[0])
+    for result in results:
+        result["time_ratio"] = result["time_median_s"] / baseline["time_median_s"]
+        result["peak_above_start_ratio"] = result["peak_above_start_mib"] / max(
+            baseline["peak_above_start_mib"], 1e-9
+        )
+    device_name = args.device
+    if args.device == "cuda":
+        import torch
+
+        device_name = torch.cuda.get_device_name()
+    preset = PRESETS[args.preset]
+    print(
+        f"ERA vs GRPO training step (compute_loss + backward), preset {args.preset} on {device_name}: "
+        f"batch {preset['batch']} x (prompt {preset['prompt_length']} + completion {preset['completion_length']}), "
+        f"vocab {preset['config']['vocab_size']}, {preset['dtype']}, median of {args.repeats}"
+    )
+    print(f"{'mode':<12} {'time [s]':>9} {'x grpo':>7} {'peak+ [MiB]':>12} {'x grpo':>7}  rescaled")
+    for r in results:
+        rescaled = r["era_metrics"].get("era/frac_sharpened", 0.0) + r["era_metrics"].get(
+            "era/frac_flattened", 0.0
+        )
+        print(
+            f"{r['mode']:<12} {r['time_median_s']:>9.4f} {r['time_ratio']:>7.3f} "
+            f"{r['peak_above_start_mib']:>12.1f} {r['peak_above_start_ratio']:>7.3f}  {rescaled:.2f}"
+        )
+    out = args.out or Path(__file__).parent / "results" / f"trl_step-{args.preset}-{args.device}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    record = {
+        "benchmark": "trl_step",
+        "device": device_name,
+        "preset": args.preset,
+        "shape": preset,
+        "warmup": args.warmup,
+        "repeats": args.repeats,
+        "threads": args.threads,
+        "command": "python " + " ".join(sys.argv),
+        "results": results,
+    }
+    out.write_text(json.dumps(record, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
