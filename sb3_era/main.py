@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import importlib.metadata
+import importlib.util
 import json
 import math
 import platform
@@ -183,22 +185,19 @@ def _check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
             f"--learning-starts {learning_starts} must be below --timesteps {args.timesteps}, "
             "otherwise no gradient step is taken"
         )
-    if args.env not in gym.envs.registry and not args.env.startswith(DM_CONTROL_PREFIX):
+    if args.env.startswith(DM_CONTROL_PREFIX):
+        if importlib.util.find_spec("dm_control") is None or importlib.util.find_spec("shimmy") is None:
+            parser.error(
+                f"{args.env} needs DeepMind Control: pip install 'era-rl[dmc]' (dm-control needs mujoco<4)"
+            )
+        importlib.import_module("shimmy")  # registers the dm_control/* ids
+    if args.env not in gym.envs.registry:
         parser.error(f"unknown environment {args.env!r}; use a registered Gymnasium id such as {DEFAULT_ENV}")
 
 
 def _env_kwargs(env_id: str) -> dict[str, Any]:
-    """``make_vec_env`` options for an id; DeepMind Control ids come through shimmy with dict observations."""
-    if not env_id.startswith(DM_CONTROL_PREFIX):
-        return {}
-    try:
-        import dm_control  # noqa: F401
-        import shimmy  # noqa: F401  (registers the dm_control/* ids)
-    except ImportError as error:
-        raise SystemExit(
-            f"{env_id} needs DeepMind Control: pip install 'era-rl[dmc]' (dm-control needs mujoco<4)"
-        ) from error
-    return {"wrapper_class": gym.wrappers.FlattenObservation}
+    """``make_vec_env`` options: DeepMind Control ids (through shimmy) have dict observations, flattened here."""
+    return {"wrapper_class": gym.wrappers.FlattenObservation} if env_id.startswith(DM_CONTROL_PREFIX) else {}
 
 
 def _make_model(

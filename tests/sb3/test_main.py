@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 import hyperparams
+import sb3_era.main as sb3_era_main
 from sb3_era import ERASAC
 from sb3_era.main import PRESETS, main
 from sb3_era.plotting import plot_learning_curves
@@ -102,6 +103,13 @@ def test_main_job_rejects_bad_flags_before_training(flags, message, capsys, tmp_
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_main_job_names_the_extra_for_dm_control_tasks(monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr(sb3_era_main.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(SystemExit):
+        main(["--env", "dm_control/dog-run-v0", "--output-dir", str(tmp_path)])
+    assert "pip install 'era-rl[dmc]'" in capsys.readouterr().err
 
 
 def test_authors_preset_matches_the_shipped_sac_era_settings():

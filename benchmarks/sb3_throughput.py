@@ -1,0 +1,232 @@
+"""Training throughput of the sb3_era algorithms against their SB3 hosts, measured in one run.
+
+Off-policy: gradient steps per second of ``model.train()`` on one fixed replay buffer (random transitions of
+the environment) shared by every model: SAC as an SB3 user runs it (``ent_coef="auto"``), SAC with
+``ent_coef=0`` (no temperature update, like SAC-ERA), SAC-ERA with the truncated normal and with the tanh
+squashing. On-policy: environment steps per second of ``model.learn()`` (rollout, update and logging, ERA's
+entropy measurement included) for PPO and PPO-ERA. Same environment, network and seed for all; the models
+are timed interleaved (the order rotates each repeat) and the medians of the repeats are compared:
+ratio = ERA throughput / baseline throughput (goal: within 2%, i.e. ratio >= 0.98).
+
+    python benchmarks/sb3_throughput.py
+    python benchmarks/sb3_throughput.py --env Hopper-v5 --repeats 9 --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import torch as th
+from stable_baselines3 import PPO, SAC
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.buffers import ReplayBuffer
+from stable_baselines3.common.logger import Logger
+from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
+
+from sb3_era import ERAPPO, ERASAC
+
+OFF_POLICY_BASELINE = "SAC (ent_coef=auto)"
+OFF_POLICY_CONTROL = "SAC (ent_coef=0)"
+ON_POLICY_BASELINE = "PPO"
+GOAL_RATIO = 0.98
+GROUPS = ("off-policy", "on-policy")
+VERSIONED_PACKAGES = ("era-rl", "stable-baselines3", "torch", "gymnasium", "mujoco", "numpy")
+
+
+def _fill_replay_buffer(env_id: str, size: int, device: str, seed: int) -> ReplayBuffer:
+    """``size`` transitions of uniformly random actions, stored the way SB3 stores them (actions in [-1, 1])."""
+    env = gym.make(env_id)
+    buffer = ReplayBuffer(size, env.observation_space, env.action_space, device=device)
+    rng = np.random.default_rng(seed)
+    low, high = env.action_space.low, env.action_space.high
+    obs, _ = env.reset(seed=seed)
+    for _ in range(size):
+        scaled_action = rng.uniform(-1.0, 1.0, env.action_space.shape).astype(np.float32)
+        next_obs, reward, terminated, truncated, _ = env.step(
+            low + 0.5 * (scaled_action + 1.0) * (high - low)
+        )
+        buffer.add(obs, next_obs, scaled_action, np.array([reward]), np.array([terminated]), [{}])
+        obs = env.reset()[0] if terminated or truncated else next_obs
+    env.close()
+    return buffer
+
+
+def _off_policy_models(args: argparse.Namespace) -> dict[str, OffPolicyAlgorithm]:
+    common = dict(
+        learning_starts=0,
+        buffer_size=args.buffer_states,
+        batch_size=args.batch_size,
+        policy_kwargs=dict(net_arch=list(args.net_arch)),
+        device=args.device,
+        seed=args.seed,
+    )
+    models: dict[str, OffPolicyAlgorithm] = {
+        OFF_POLICY_BASELINE: SAC("MlpPolicy", args.env, ent_coef="auto", **common),
+        OFF_POLICY_CONTROL: SAC("MlpPolicy", args.env, ent_coef=0.0, **common),
+        "SAC-ERA (truncated)": ERASAC("MlpPolicy", args.env, action_distribution="truncated", **common),
+        "SAC-ERA (tanh)": ERASAC("MlpPolicy", args.env, action_distribution="tanh", **common),
+    }
+    shared = _fill_replay_buffer(args.env, args.buffer_states, args.device, args.seed)
+    for model in models.values():
+        model.replay_buffer = shared
+        model.set_logger(Logger(folder=None, output_formats=[]))
+    return models
+
+
+def _on_policy_models(args: argparse.Namespace) -> dict[str, BaseAlgorithm]:
+    common = dict(
+        n_steps=args.ppo_steps,
+        policy_kwargs=dict(net_arch=list(args.ppo_net_arch)),
+        device=args.device,
+        seed=args.seed,
+    )
+    models: dict[str, BaseAlgorithm] = {
+        ON_POLICY_BASELINE: PPO("MlpPolicy", args.env, **common),
+        "PPO-ERA (truncated)": ERAPPO("MlpPolicy", args.env, action_distribution="truncated", **common),
+        "PPO-ERA (tanh)": ERAPPO("MlpPolicy", args.env, action_distribution="tanh", **common),
+    }
+    for model in models.values():
+        model.set_logger(Logger(folder=None, output_formats=[]))
+    return models
+
+
+def _gradient_steps_per_second(model: OffPolicyAlgorithm, gradient_steps: int, batch_size: int) -> float:
+    start = time.perf_counter()
+    model.train(gradient_steps=gradient_steps, batch_size=batch_size)
+    return gradient_steps / (time.perf_counter() - start)
+
+
+def _env_steps_per_second(model: BaseAlgorithm, steps: int) -> float:
+    start = time.perf_counter()
+    model.learn(total_timesteps=steps, reset_num_timesteps=False)
+    return steps / (time.perf_counter() - start)
+
+
+def _interleaved(measures: dict[str, Callable[[], float]], repeats: int) -> dict[str, list[float]]:
+    names = list(measures)
+    for name in names:  # warm-up
+        measures[name]()
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for repeat in range(repeats):
+        shift = repeat % len(names)
+        for name in names[shift:] + names[:shift]:
+            samples[name].append(measures[name]())
+    return samples
+
+
+def _rows(
+    group: str, metric: str, samples: dict[str, list[float]], baseline: str, control: str | None
+) -> list:
+    medians = {name: statistics.median(values) for name, values in samples.items()}
+    return [
+        {
+            "group": group,
+            "model": name,
+            "metric": metric,
+            "median": medians[name],
+            "samples": samples[name],
+            "ratio_vs_baseline": medians[name] / medians[baseline],
+            "ratio_vs_control": None if control is None else medians[name] / medians[control],
+        }
+        for name in samples
+    ]
+
+
+def _versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for package in VERSIONED_PACKAGES:
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--env", default="HalfCheetah-v5")
+    parser.add_argument("--net-arch", type=int, nargs="+", default=[256, 256], help="SAC networks")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--gradient-steps", type=int, default=100, help="SAC gradient steps per timing")
+    parser.add_argument("--buffer-states", type=int, default=10_000, help="size of the fixed replay buffer")
+    parser.add_argument("--ppo-net-arch", type=int, nargs="+", default=[64, 64], help="PPO networks (SB3's)")
+    parser.add_argument("--ppo-steps", type=int, default=2048, help="PPO rollout length = steps per timing")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--groups", nargs="+", choices=GROUPS, default=list(GROUPS), help="which comparisons to run"
+    )
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/sb3_throughput.json"))
+    args = parser.parse_args()
+    th.set_num_threads(args.threads)
+
+    rows = []
+    if "off-policy" in args.groups:
+        off_policy = _off_policy_models(args)
+        off_samples = _interleaved(
+            {
+                name: (
+                    lambda model=model: _gradient_steps_per_second(
+                        model, args.gradient_steps, args.batch_size
+                    )
+                )
+                for name, model in off_policy.items()
+            },
+            args.repeats,
+        )
+        rows += _rows("off-policy", "gradient steps/s", off_samples, OFF_POLICY_BASELINE, OFF_POLICY_CONTROL)
+    if "on-policy" in args.groups:
+        on_policy = _on_policy_models(args)
+        on_samples = _interleaved(
+            {
+                name: (lambda model=model: _env_steps_per_second(model, args.ppo_steps))
+                for name, model in on_policy.items()
+            },
+            args.repeats,
+        )
+        rows += _rows("on-policy", "env steps/s", on_samples, ON_POLICY_BASELINE, None)
+
+    header = f"{'model':<22} {'metric':<17} {'median':>9} {'vs baseline':>12} {'vs ent_coef=0':>14} {'within 2%':>10}"
+    print(f"{args.env}, {args.repeats} interleaved repeats, {args.threads} thread(s), device {args.device}")
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        control = "" if row["ratio_vs_control"] is None else f"{row['ratio_vs_control']:.3f}"
+        within = str(row["ratio_vs_baseline"] >= GOAL_RATIO) if "ERA" in row["model"] else ""
+        print(
+            f"{row['model']:<22} {row['metric']:<17} {row['median']:>9.1f} {row['ratio_vs_baseline']:>12.3f} "
+            f"{control:>14} {within:>10}"
+        )
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    report = {
+        "config": {
+            key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()
+        },
+        "baselines": {"off-policy": OFF_POLICY_BASELINE, "on-policy": ON_POLICY_BASELINE},
+        "control": {"off-policy": OFF_POLICY_CONTROL},
+        "goal_ratio": GOAL_RATIO,
+        "results": rows,
+        "versions": _versions(),
+        "machine": {
+            "processor": platform.processor() or platform.machine(),
+            "torch_threads": th.get_num_threads(),
+        },
+    }
+    args.out.write_text(json.dumps(report, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
