@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import torch as th
+import numpy as np
 from gymnasium import spaces
 from stable_baselines3.common.distributions import (
     CategoricalDistribution,
@@ -47,10 +47,7 @@ def check_bounded_box(action_space: spaces.Space, supported: str) -> None:
     """
     if not isinstance(action_space, spaces.Box):
         raise ValueError(f"ERA policies support {supported} action spaces, got {action_space}")
-    if not (
-        th.isfinite(th.as_tensor(action_space.low)).all()
-        and th.isfinite(th.as_tensor(action_space.high)).all()
-    ):
+    if not (np.all(np.isfinite(action_space.low)) and np.all(np.isfinite(action_space.high))):
         raise ValueError(
             f"ERA policies need a bounded Box action space (finite low and high), got {action_space}"
         )
