@@ -192,9 +192,10 @@ def _timm_loaders(
     data_config = resolve_data_config(vars(args), model=model, verbose=args.rank == 0)
     loaders = []
     for split, training in ((args.train_split, True), (args.val_split, False)):
+        name, root = _timm_dataset_source(args)
         dataset = create_dataset(
-            args.dataset,
-            root=args.data_dir,
+            name,
+            root=root,
             split=split,
             is_training=training,
             batch_size=args.batch_size,
@@ -219,8 +220,16 @@ def _timm_loaders(
     return loaders[0], loaders[1]
 
 
+def _timm_dataset_source(args: argparse.Namespace) -> tuple[str, str | None]:
+    # timm's create_dataset names an image folder "" with the folder as root; accept the folder as --dataset too.
+    if args.data_dir is None and os.path.isdir(args.dataset):
+        return "", args.dataset
+    return args.dataset, args.data_dir
+
+
 def _timm_num_classes(args: argparse.Namespace) -> int | None:
-    dataset = create_dataset(args.dataset, root=args.data_dir, split=args.train_split, is_training=True)
+    name, root = _timm_dataset_source(args)
+    dataset = create_dataset(name, root=root, split=args.train_split, is_training=True)
     class_to_idx = getattr(getattr(dataset, "reader", None), "class_to_idx", None)
     return len(class_to_idx) if class_to_idx else None
 
@@ -364,7 +373,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if primary:
         _logger.info(
             f"Model {args.model}: {sum(p.numel() for p in model.parameters()):,} parameters, "
-            f"{model.num_classes} classes, ERA floor: {_era_floor(model) or 'none'}"
+            f"{model.num_classes} classes, ERA floor: {_era_floor(model) or 'none':.4}"
         )
 
     optimizer = create_optimizer_v2(model, **optimizer_kwargs(cfg=args))

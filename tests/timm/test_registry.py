@@ -62,6 +62,19 @@ def test_pretrained_tag_loads_a_local_safetensors_file(tmp_path, images) -> None
     torch.testing.assert_close(model(images), model.era(source(images)))
 
 
+def test_pretrained_weights_with_a_new_class_count_keep_the_backbone(tmp_path) -> None:
+    source = timm.create_model("resnet10t")  # 1000 ImageNet classes
+    save_file(source.state_dict(), tmp_path / "in1k.safetensors")
+    model = timm.create_model(
+        "resnet10t_era.c3_in1k",
+        pretrained=True,
+        pretrained_cfg_overlay=dict(file=str(tmp_path / "in1k.safetensors")),
+        num_classes=10,
+    )
+    torch.testing.assert_close(model.conv1[0].weight, source.conv1[0].weight)
+    assert model.fc.out_features == 10 and model.era.num_classes == 10
+
+
 def test_era_checkpoint_loads_into_plain_model_and_back(tmp_path, images) -> None:
     era = timm.create_model("resnet10t_era", num_classes=10).eval()
     torch.save(era.state_dict(), tmp_path / "era.pth")

@@ -7,8 +7,10 @@ import os
 import shutil
 import subprocess
 
+import numpy as np
 import pytest
 
+import timm_era
 from timm_era import train
 
 FAST = [
@@ -80,3 +82,22 @@ def test_torchrun_ddp_on_cpu_with_gloo(tmp_path) -> None:
     assert results["world_size"] == 2
     assert results["eval"]["count"] == 359  # the two shards together: every test image exactly once
     assert results["eval"]["entropy_min"] >= 0.6
+
+
+def test_image_folder_dataset_goes_through_timm_loaders(tmp_path) -> None:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "validation"):
+        for label in ("cat", "dog", "fox"):
+            folder = tmp_path / "images" / split / label
+            folder.mkdir(parents=True)
+            for index in range(2):
+                Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(
+                    folder / f"{index}.png"
+                )
+    results = train.main(["--dataset", str(tmp_path / "images"), "--model", "resnet10t_era", "--img-size", "16",
+                          "--epochs", "1", "--batch-size", "2", "--workers", "0", "--no-progress",
+                          "--output", str(tmp_path / "runs"), "--experiment", "folder"])  # fmt: skip
+    assert results["num_classes"] == 3 and results["eval"]["count"] == 6
+    assert results["min_entropy"] == pytest.approx(timm_era.default_min_entropy(3))
