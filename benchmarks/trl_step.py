@@ -1,8 +1,9 @@
 """Cost of ERA's training step against TRL's plain GRPOTrainer on the same model and generated batch.
 
 The step is the loss's forward and backward (`trainer.compute_loss(...)` then `.backward()`) on a fixed batch of
-completions, the part of a GRPO iteration that ERA changes (generation and rewards are untouched). Each mode runs
-in a fresh process, so peak-memory numbers do not leak from one mode into the next:
+completions, the part of a GRPO iteration that ERA changes (generation and rewards are untouched). All modes share
+one model and batch, and their steps are interleaved (one step of each mode per round), so that a load change on
+the machine hits every mode alike:
 
 - ``grpo``: `trl.GRPOTrainer` (the baseline);
 - ``era-idle``: `ERAGRPOTrainer` whose bounds contain every response (ERA's bookkeeping, nothing rescaled);
@@ -27,7 +28,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -75,11 +75,21 @@ MODES = {
 }
 
 
-def build_trainer(mode: str, preset: dict, device: str, output_dir: str):
+def build_model(preset: dict, device: str):
     import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    config = Qwen2Config(**preset["config"], max_position_embeddings=32768, pad_token_id=0, eos_token_id=1)
+    torch.manual_seed(0)
+    with torch.device(device):
+        return Qwen2ForCausalLM._from_config(config, dtype=getattr(torch, preset["dtype"]))
+
+
+def build_trainer(mode: str, model, preset: dict, device: str, output_dir: str):
+    """A trainer of `mode` around `model` (every mode shares the model: TRL patches its forward the same way)."""
     from datasets import Dataset
     from tokenizers import ByteLevelBPETokenizer
-    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+    from transformers import PreTrainedTokenizerFast
     from trl import GRPOConfig, GRPOTrainer
 
     from trl_era import ERAGRPOConfig, ERAGRPOTrainer
@@ -89,10 +99,6 @@ def build_trainer(mode: str, preset: dict, device: str, output_dir: str):
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=bpe._tokenizer, pad_token="<pad>", eos_token="<eos>", padding_side="left"
     )
-    config = Qwen2Config(**preset["config"], max_position_embeddings=32768, pad_token_id=0, eos_token_id=1)
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = Qwen2ForCausalLM._from_config(config, dtype=getattr(torch, preset["dtype"]))
     common = dict(
         output_dir=output_dir,
         per_device_train_batch_size=preset["batch"],
@@ -161,52 +167,63 @@ def cpu_memory_before_and_peak(step, output_dir: str) -> tuple[float, float]:
     return totals[0], max(totals)
 
 
-def run_mode(mode: str, args: argparse.Namespace) -> dict:
-    """Time and peak memory of `args.repeats` steps of one mode, in this process."""
+def measure(args: argparse.Namespace) -> list[dict]:
+    """Interleaved timings (one step of every mode per round, rotating the order) and each mode's peak memory."""
     import tempfile
 
     import torch
 
     torch.set_num_threads(args.threads)
     preset = PRESETS[args.preset]
+    cuda = args.device == "cuda"
     with tempfile.TemporaryDirectory() as output_dir:
-        trainer = build_trainer(mode, preset, args.device, output_dir)
+        model = build_model(preset, args.device)
+        trainers = {mode: build_trainer(mode, model, preset, args.device, output_dir) for mode in args.modes}
         batch = fixed_batch(preset, preset["config"]["vocab_size"], args.device)
-        cuda = args.device == "cuda"
 
-        def step() -> float:
+        def step(trainer) -> float:
             if cuda:
                 torch.cuda.synchronize()
             start = time.perf_counter()
-            trainer.compute_loss(trainer.model, batch).backward()
+            trainer.compute_loss(model, batch).backward()
             if cuda:
                 torch.cuda.synchronize()
             elapsed = time.perf_counter() - start
-            trainer.model.zero_grad(set_to_none=True)
+            model.zero_grad(set_to_none=True)
             return elapsed
 
         for _ in range(args.warmup):
-            step()
-        if cuda:
-            torch.cuda.synchronize()
-            before = torch.cuda.memory_allocated()
-            torch.cuda.reset_peak_memory_stats()
-        times = [step() for _ in range(args.repeats)]
-        if cuda:
-            peak = torch.cuda.max_memory_allocated()
-        else:
-            before, peak = cpu_memory_before_and_peak(step, output_dir)
-        metrics = {
-            key: values[-1] for key, values in trainer._metrics["train"].items() if key.startswith("era/")
-        }
-    return {
-        "mode": mode,
-        "time_median_s": statistics.median(times),
-        "time_min_s": min(times),
-        "peak_above_start_mib": (peak - before) / 2**20,
-        "peak_mib": peak / 2**20,
-        "era_metrics": metrics,
-    }
+            for trainer in trainers.values():
+                step(trainer)
+        times = {mode: [] for mode in args.modes}
+        for round_index in range(args.repeats):
+            order = args.modes[round_index % len(args.modes) :] + args.modes[: round_index % len(args.modes)]
+            for mode in order:
+                times[mode].append(step(trainers[mode]))
+        results = []
+        for mode, trainer in trainers.items():
+            if cuda:
+                torch.cuda.synchronize()
+                before = torch.cuda.memory_allocated()
+                torch.cuda.reset_peak_memory_stats()
+                step(trainer)
+                peak = torch.cuda.max_memory_allocated()
+            else:
+                before, peak = cpu_memory_before_and_peak(lambda trainer=trainer: step(trainer), output_dir)
+            metrics = {
+                key: values[-1] for key, values in trainer._metrics["train"].items() if key.startswith("era/")
+            }
+            results.append(
+                {
+                    "mode": mode,
+                    "time_median_s": statistics.median(times[mode]),
+                    "time_min_s": min(times[mode]),
+                    "peak_mib": peak / 2**20,
+                    "peak_above_start_mib": (peak - before) / 2**20,
+                    "era_metrics": metrics,
+                }
+            )
+    return results
 
 
 def main() -> None:
@@ -218,23 +235,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads per process")
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/results/...)")
-    parser.add_argument("--worker", choices=list(MODES), help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    if args.worker:
-        print("RESULT " + json.dumps(run_mode(args.worker, args)), flush=True)
-        return
-
-    results = []
-    for mode in args.modes:
-        command = [sys.executable, os.path.abspath(__file__), *sys.argv[1:], "--worker", mode]
-        repo_root = str(Path(__file__).resolve().parents[1])
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([repo_root, os.environ.get("PYTHONPATH", "")])}
-        completed = subprocess.run(command, capture_output=True, text=True, env=env)
-        lines = [line for line in completed.stdout.splitlines() if line.startswith("RESULT ")]
-        if completed.returncode != 0 or not lines:
-            sys.exit(f"mode {mode} failed:\n{completed.stderr[-4000:]}")
-        results.append(json.loads(lines[-1][len("RESULT ") :]))
+    results = measure(args)
 
     baseline = next((r for r in results if r["mode"] == "grpo"), results[0])
     for result in results:
@@ -253,14 +256,17 @@ def main() -> None:
         f"batch {preset['batch']} x (prompt {preset['prompt_length']} + completion {preset['completion_length']}), "
         f"vocab {preset['config']['vocab_size']}, {preset['dtype']}, median of {args.repeats}"
     )
-    print(f"{'mode':<12} {'time [s]':>9} {'x grpo':>7} {'peak+ [MiB]':>12} {'x grpo':>7}  rescaled")
+    print(
+        f"{'mode':<12} {'time [s]':>9} {'x grpo':>7} {'peak [MiB]':>11} {'x grpo':>7} {'peak+ [MiB]':>12} {'x grpo':>7}  rescaled"
+    )
     for r in results:
+        r["peak_ratio"] = r["peak_mib"] / baseline["peak_mib"]
         rescaled = r["era_metrics"].get("era/frac_sharpened", 0.0) + r["era_metrics"].get(
             "era/frac_flattened", 0.0
         )
         print(
-            f"{r['mode']:<12} {r['time_median_s']:>9.4f} {r['time_ratio']:>7.3f} "
-            f"{r['peak_above_start_mib']:>12.1f} {r['peak_above_start_ratio']:>7.3f}  {rescaled:.2f}"
+            f"{r['mode']:<12} {r['time_median_s']:>9.4f} {r['time_ratio']:>7.3f} {r['peak_mib']:>11.1f} "
+            f"{r['peak_ratio']:>7.3f} {r['peak_above_start_mib']:>12.1f} {r['peak_above_start_ratio']:>7.3f}  {rescaled:.2f}"
         )
     out = args.out or Path(__file__).parent / "results" / f"trl_step-{args.preset}-{args.device}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
