@@ -24,8 +24,7 @@ from torch import nn
 from torch.distributed.tensor import DTensor
 from transformers import PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutput
-from trl.trainer import add_fused_lm_head
-from trl.trainer.utils import maybe_gather_lm_head_ctx
+from trl.trainer.utils import add_fused_lm_head, maybe_gather_lm_head_ctx
 
 #: Log-prob given to a sampled token outside the top-k logits (spec 3.6; the authors' value).
 OUTSIDE_TOPK_LOGPROB = -1e4

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from trl.trainer import add_fused_lm_head
+from trl.trainer.utils import add_fused_lm_head
 
 from era_core import scaled_token_logprobs
 from tests.trl.conftest import VOCAB_SIZE, build_model
