@@ -168,6 +168,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--device", default="auto", help="PyTorch device: auto, cpu, cuda, ...")
     parser.add_argument(
+        "--num-threads",
+        type=_positive_int,
+        default=None,
+        help="PyTorch CPU threads (default: PyTorch's choice; 1 is often faster on a busy or small machine)",
+    )
+    parser.add_argument(
         "--output-dir", type=Path, default=None, help="results folder (default: runs/main/<env>-<date-time>)"
     )
     parser.add_argument("--no-progress-bar", action="store_true", help="train without the progress bar")
@@ -345,6 +351,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     :param args: parsed and checked arguments of :func:`build_parser`.
     :return: the results written to ``results.json``.
     """
+    if args.num_threads is not None:
+        th.set_num_threads(args.num_threads)
     settings = PRESETS[args.preset]
     if args.learning_starts is not None:
         settings = dataclasses.replace(settings, learning_starts=args.learning_starts)
@@ -389,6 +397,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "eval_freq": args.eval_freq or max(args.timesteps // DEFAULT_EVAL_POINTS, 1),
             "eval_episodes": args.eval_episodes,
             "device": args.device,
+            "torch_threads": th.get_num_threads(),
             "arguments": {
                 key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()
             },

@@ -29,6 +29,8 @@ TINY_RUN = [
     "1",
     "--device",
     "cpu",
+    "--num-threads",
+    "1",
 ]
 
 
@@ -58,6 +60,7 @@ def test_main_job_writes_results_and_learning_curve_for_era_and_baseline(tmp_pat
     assert results["summary"]["SAC-ERA"]["final_return_per_seed"] == [era["final_return_mean"]]
     assert results["config"]["era"] == {"target_entropy_per_dim": -0.5, "action_distribution": "truncated"}
     assert results["config"]["sac"]["learning_starts"] == 100
+    assert results["config"]["torch_threads"] == 1
     assert {"era-rl", "stable-baselines3", "torch", "gymnasium"} <= set(results["versions"])
     assert results["wall_time_s"] >= era["train_wall_time_s"] + baseline["train_wall_time_s"]
 
@@ -95,6 +98,7 @@ def test_main_job_passes_the_era_flags_to_the_policy(tmp_path):
         (["--env", "Hoper-v5"], "unknown environment 'Hoper-v5'"),
         (["--action-distribution", "beta"], "invalid choice"),
         (["--eval-episodes", "0"], "must be a positive integer"),
+        (["--num-threads", "0"], "must be a positive integer"),
     ],
 )
 def test_main_job_rejects_bad_flags_before_training(flags, message, capsys, tmp_path):
