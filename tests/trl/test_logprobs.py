@@ -13,9 +13,11 @@ from trl_era.logprobs import OUTSIDE_TOPK_LOGPROB, ScaledLogProbHead, capture_la
 
 TEMPERATURE = 0.7
 NUM_SCORED = 5
+# On a GPU, TRL's fused head takes its Triton path (only the scored positions), so check it there too.
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
-def make_batch(vocab_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def make_batch(vocab_size: int, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Left-padded prompts of 3 tokens and completions of 5, the last ones partly padding."""
     generator = torch.Generator().manual_seed(1)
     input_ids = torch.randint(3, vocab_size, (6, 3 + NUM_SCORED), generator=generator)
@@ -25,7 +27,7 @@ def make_batch(vocab_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
     attention_mask[4, -1:] = 0
     labels = input_ids.masked_fill(attention_mask == 0, -100)
     labels[:, :-NUM_SCORED] = -100
-    return input_ids, attention_mask, labels
+    return input_ids.to(device), attention_mask.to(device), labels.to(device)
 
 
 def fused_pass(model, input_ids, attention_mask, labels):
@@ -43,8 +45,8 @@ def reference_logprobs(model, input_ids, attention_mask, factors, topk=None):
     )
 
 
-def patched_float64_model():
-    model = build_model().double()
+def patched_float64_model(device: str = "cpu"):
+    model = build_model().double().to(device)
     add_fused_lm_head(model, temperature=TEMPERATURE, outputs=("log_probs", "entropy"))
     return model
 
@@ -53,11 +55,12 @@ def gradients(model, value: torch.Tensor, weights: torch.Tensor) -> list[torch.T
     return torch.autograd.grad((value * weights).sum(), [p for p in model.parameters() if p.requires_grad])
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("k", [2.0, 3.0])
-def test_rescaled_rows_match_full_logits_reference_and_others_stay_trl(k):
-    model = patched_float64_model()
-    input_ids, attention_mask, labels = make_batch(model.config.vocab_size)
-    one = torch.ones(())
+def test_rescaled_rows_match_full_logits_reference_and_others_stay_trl(k, device):
+    model = patched_float64_model(device)
+    input_ids, attention_mask, labels = make_batch(model.config.vocab_size, device)
+    one = torch.ones((), device=device)
     factors = torch.stack([one, one * k, one / k, one, one * k, one / k]).float()
     head = ScaledLogProbHead(model, TEMPERATURE, k=k)
 
@@ -72,9 +75,8 @@ def test_rescaled_rows_match_full_logits_reference_and_others_stay_trl(k):
     # TRL's kernel folds the logits in float32, hence the tolerance.
     torch.testing.assert_close(era * scored, reference * scored, rtol=1e-5, atol=1e-5)
 
-    weights = (
-        torch.randn(scored.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64) * scored
-    )
+    weights = torch.randn(scored.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    weights = weights.to(device) * scored
     for got, expected in zip(
         gradients(model, era, weights), gradients(model, reference, weights), strict=True
     ):
@@ -89,11 +91,12 @@ def test_rejects_factors_other_than_one_and_k():
         ScaledLogProbHead(model, TEMPERATURE, k=2.0)(hidden, labels, torch.full((6,), 4.0), trl_logps)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("topk", [1, 150, VOCAB_SIZE])
-def test_topk_matches_full_logits_reference_in_float64(topk):
-    model = patched_float64_model()
-    input_ids, attention_mask, labels = make_batch(model.config.vocab_size)
-    factors = torch.tensor([1.0, 2.0, 0.5, 1.0, 2.0, 0.5])
+def test_topk_matches_full_logits_reference_in_float64(topk, device):
+    model = patched_float64_model(device)
+    input_ids, attention_mask, labels = make_batch(model.config.vocab_size, device)
+    factors = torch.tensor([1.0, 2.0, 0.5, 1.0, 2.0, 0.5], device=device)
     trl_logps, hidden = fused_pass(model, input_ids, attention_mask, labels)
     era = ScaledLogProbHead(model, TEMPERATURE, k=2.0, topk=topk)(hidden, labels, factors, trl_logps)
     reference = reference_logprobs(model, input_ids, attention_mask, factors, topk=topk)
@@ -106,9 +109,8 @@ def test_topk_matches_full_logits_reference_in_float64(topk):
         assert not outside.any()
     if topk == 150:
         assert outside.any() and (~outside & scored.bool()).any()
-    weights = (
-        torch.randn(scored.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64) * scored
-    )
+    weights = torch.randn(scored.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    weights = weights.to(device) * scored
     for got, expected in zip(
         gradients(model, era, weights), gradients(model, reference, weights), strict=True
     ):
