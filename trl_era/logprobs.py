@@ -254,11 +254,13 @@ class ScaledLogProbHead:
         self.model = model
         self.temperature = temperature
         self.topk = topk
-        # The factor values exactly as `era_core.response_logit_factors` computes them (float32 `1 * k`, `1 / k`).
+        # The factor values exactly as `era_core.response_logit_factors` computes them (float32 `1 * k`, `1 / k`);
+        # the top-k path scores every row itself.
         one = torch.ones(())
         self._heads = {
             factor: _TemperedFusedLMHead(model, temperature / factor, cast_lm_head_to_fp32)
             for factor in ((one * k).item(), (one / k).item())
+            if topk is None
         }
 
     def rescaled_rows(self, factors: torch.Tensor) -> torch.Tensor:
