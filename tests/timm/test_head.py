@@ -180,3 +180,27 @@ def test_era_class_is_cached_and_named_after_the_plain_class() -> None:
     assert cls is timm_era.era_class(timm.models.ResNet) and cls.__name__ == "ResNetERA"
     assert issubclass(cls, timm.models.ResNet)
     assert type(timm.create_model("resnet10t_era", num_classes=3)) is cls
+
+
+# Families beyond the five above, at their default input size: checked to route forward() through forward_head.
+MORE_ARCHITECTURES = [
+    "resnet18", "densenet121", "dla34", "ghostnet_050", "hrnet_w18_small", "levit_128s", "mixer_s32_224",
+    "deit_tiny_distilled_patch16_224", "swin_tiny_patch4_window7_224", "efficientformer_l1", "mobilevit_xxs",
+    "repvgg_a0", "tf_efficientnetv2_b0", "coat_lite_tiny", "xcit_nano_12_p16_224", "cait_xxs24_224",
+    "crossvit_tiny_240", "poolformer_s12", "pvt_v2_b0", "vgg11", "inception_v3", "rexnet_100", "fastvit_t8",
+    "edgenext_xx_small", "efficientvit_b0", "hgnetv2_b0", "mambaout_femto", "regnetx_002", "convnextv2_atto",
+    "eva02_tiny_patch14_224", "tiny_vit_5m_224", "nextvit_small", "davit_tiny", "focalnet_tiny_srf",
+    "mobilenetv4_conv_small", "gcvit_xxtiny", "starnet_s1", "inception_next_atto",
+]  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", MORE_ARCHITECTURES)
+def test_forward_goes_through_the_era_head(arch) -> None:
+    model = timm.create_model(f"{arch}_era", num_classes=10).eval()
+    images = torch.randn(2, *model.pretrained_cfg["input_size"], generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits = model(images)
+        plain = timm_era.remove_era(copy.deepcopy(model))(images)
+    torch.testing.assert_close(logits, model.era(plain))
+    assert entropy(logits).min().item() >= 0.6
