@@ -54,6 +54,7 @@ from tqdm import tqdm
 
 import timm_era
 from timm_era.data import IN_MEMORY_DATASETS, load_in_memory_dataset
+from timm_era.head import ERA_SUFFIX
 from timm_era.metrics import ClassificationMetrics
 
 __all__ = ["build_parser", "main"]
@@ -151,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume", default="", help="checkpoint to resume model, optimizer, EMA and epoch from"
     )
     group.add_argument("--output", default="./output/train", help="parent directory of the run directory")
-    group.add_argument("--experiment", default="", help="run directory name (default: time-model-size)")
+    group.add_argument("--experiment", default="", help="run directory name (default: time-model-dataset)")
     group.add_argument("--checkpoint-hist", type=int, default=2, help="epoch checkpoints to keep")
     group.add_argument("--no-progress", action="store_true", help="no tqdm progress bar (epoch logs only)")
     return parser
@@ -161,7 +162,7 @@ def _era_kwargs(args: argparse.Namespace, parser: argparse.ArgumentParser) -> di
     given = {"min_entropy": args.min_entropy, "era_tau": args.era_tau, "era_inverse": args.era_inverse}
     given = {k: v for k, v in given.items() if v is not None}
     arch = timm.models.get_arch_name(timm.models.parse_model_name(args.model)[1])
-    if given and not arch.endswith(timm_era.head.ERA_SUFFIX):
+    if given and not arch.endswith(ERA_SUFFIX):
         parser.error(
             f"--min-entropy/--era-tau/--era-inverse need an ERA model (e.g. {arch}_era), got {args.model}"
         )
@@ -337,6 +338,10 @@ def _era_floor(model: nn.Module) -> float | None:
     return getattr(model.era, "min_entropy", None) if timm_era.has_era(model) else None
 
 
+def _format_floor(floor: float | None) -> str:
+    return "none" if floor is None else f"{floor:.4f} nats"
+
+
 def _experiment_name(args: argparse.Namespace) -> str:
     if args.experiment:
         return args.experiment
@@ -373,7 +378,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if primary:
         _logger.info(
             f"Model {args.model}: {sum(p.numel() for p in model.parameters()):,} parameters, "
-            f"{model.num_classes} classes, ERA floor: {_era_floor(model) or 'none':.4}"
+            f"{model.num_classes} classes, ERA floor: {_format_floor(_era_floor(model))}"
         )
 
     optimizer = create_optimizer_v2(model, **optimizer_kwargs(cfg=args))
