@@ -40,22 +40,8 @@ def _log_normal_pdf(x: torch.Tensor) -> torch.Tensor:
     return -0.5 * x * x - _HALF_LOG_2PI
 
 
-class _NdtriExp(torch.autograd.Function):
-    """``x = Phi^-1(exp(log_p))`` with the derivative ``dx/dlog_p = exp(log_p - log phi(x))``."""
-
-    @staticmethod
-    def forward(ctx, log_p: torch.Tensor) -> torch.Tensor:
-        x = _ndtri_exp_value(log_p)
-        ctx.save_for_backward(log_p, x)
-        return x
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        log_p, x = ctx.saved_tensors
-        return grad * torch.exp(log_p - _log_normal_pdf(x))
-
-
-def _ndtri_exp_value(log_p: torch.Tensor) -> torch.Tensor:
+def ndtri_exp(log_p: torch.Tensor) -> torch.Tensor:
+    """Standard normal quantile of ``exp(log_p)``, finite for every ``log_p < 0`` (differentiable)."""
     tiny_log = math.log(torch.finfo(log_p.dtype).tiny) + 1.0
     upper_half = log_p > -math.log(2.0)
     deep_tail = log_p < tiny_log
@@ -76,11 +62,6 @@ def _ndtri_exp_value(log_p: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def ndtri_exp(log_p: torch.Tensor) -> torch.Tensor:
-    """Standard normal quantile of ``exp(log_p)``, finite for every ``log_p < 0`` (differentiable)."""
-    return _NdtriExp.apply(log_p)
-
-
 class TruncatedNormal(Distribution):
     """Normal distribution ``N(loc, scale^2)`` restricted to ``[low, high]`` and renormalised.
 
@@ -93,12 +74,7 @@ class TruncatedNormal(Distribution):
     the parameters' dtype, since PyTorch's ``log_ndtr`` has no half-precision kernels.
     """
 
-    arg_constraints = {
-        "loc": constraints.real,
-        "scale": constraints.positive,
-        "low": constraints.real,
-        "high": constraints.real,
-    }
+    arg_constraints = {"loc": constraints.real, "scale": constraints.positive}
     has_rsample = True
 
     def __init__(
@@ -109,13 +85,24 @@ class TruncatedNormal(Distribution):
         high: torch.Tensor | float = 1.0,
         validate_args: bool | None = None,
     ) -> None:
-        params = broadcast_all(loc, scale, low, high)
+        # Fast path for the common case (tensor loc/scale of one shape, number bounds): no broadcast, no sync.
+        if isinstance(low, Number) and isinstance(high, Number):
+            if not low < high:
+                raise ValueError(f"TruncatedNormal needs low < high, got low={low}, high={high}")
+            loc_t, scale_t = (
+                v if isinstance(v, torch.Tensor) else torch.tensor(float(v)) for v in (loc, scale)
+            )
+            if loc_t.shape != scale_t.shape or loc_t.dtype != scale_t.dtype:
+                loc_t, scale_t = broadcast_all(loc_t, scale_t)
+            params = (loc_t, scale_t, float(low), float(high))
+        else:
+            params = broadcast_all(loc, scale, low, high)
+            if not torch.jit.is_tracing() and bool((params[2] >= params[3]).any()):
+                raise ValueError(f"TruncatedNormal needs low < high everywhere, got low={low}, high={high}")
         self._out_dtype = params[0].dtype
         if self._out_dtype in (torch.bfloat16, torch.float16):
-            params = tuple(p.float() for p in params)
+            params = tuple(p.float() if isinstance(p, torch.Tensor) else p for p in params)
         self.loc, self.scale, self.low, self.high = params
-        if not torch.jit.is_tracing() and bool((self.low >= self.high).any()):
-            raise ValueError(f"TruncatedNormal needs low < high everywhere, got low={low}, high={high}")
         batch_shape = torch.Size() if all(isinstance(v, Number) for v in (loc, scale)) else self.loc.shape
         super().__init__(batch_shape=batch_shape, validate_args=validate_args)
         self._alpha = (self.low - self.loc) / self.scale
@@ -130,7 +117,8 @@ class TruncatedNormal(Distribution):
         new = self._get_checked_instance(TruncatedNormal, _instance)
         batch_shape = torch.Size(batch_shape)
         for name in ("loc", "scale", "low", "high", "_alpha", "_beta", "_log_z"):
-            setattr(new, name, getattr(self, name).expand(batch_shape))
+            value = getattr(self, name)
+            setattr(new, name, value.expand(batch_shape) if isinstance(value, torch.Tensor) else value)
         new._out_dtype = self._out_dtype
         super(TruncatedNormal, new).__init__(batch_shape, validate_args=False)
         new._validate_args = self._validate_args
@@ -141,7 +129,7 @@ class TruncatedNormal(Distribution):
 
     @property
     def mode(self) -> torch.Tensor:
-        return torch.minimum(torch.maximum(self.loc, self.low), self.high).to(self._out_dtype)
+        return self.loc.clamp(self.low, self.high).to(self._out_dtype)
 
     @property
     def mean(self) -> torch.Tensor:
@@ -186,7 +174,7 @@ class TruncatedNormal(Distribution):
         )
         z = ndtri_exp(log_p.clamp(max=-tiny))
         x = self.loc + self.scale * torch.where(mirrored, -z, z)
-        return torch.minimum(torch.maximum(x, self.low), self.high).to(self._out_dtype)
+        return x.clamp(self.low, self.high).to(self._out_dtype)
 
     def rsample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
         shape = self._extended_shape(sample_shape)
