@@ -14,6 +14,7 @@ from era_core.gaussian import (
 from era_core.llm import (
     categorical_entropy,
     check_response_era_args,
+    logit_factors_from_response_entropy,
     response_logit_factors,
     scaled_advantages,
     scaled_token_logprobs,
@@ -37,6 +38,7 @@ __all__ = [
     "check_softmax_era_args",
     "gaussian_entropy",
     "gaussian_era_log_std",
+    "logit_factors_from_response_entropy",
     "max_feasible_target",
     "ndtri_exp",
     "resolve_target_entropy",

@@ -121,20 +121,25 @@ class GaussianERA(nn.Module):
         else:
             self.register_buffer("delta", delta_tensor)
 
-    def effective_delta(self) -> torch.Tensor:
-        """The compensation in use, capped at :attr:`max_delta`."""
-        return self.delta.clamp(max=self.max_delta)
+    def effective_delta(self, delta: torch.Tensor | None = None) -> torch.Tensor:
+        """The compensation in use (``delta``, or :attr:`delta` when not given), capped at :attr:`max_delta`."""
+        return (self.delta if delta is None else delta).clamp(max=self.max_delta)
 
-    def entropy_floor(self) -> torch.Tensor:
+    def entropy_floor(self, delta: torch.Tensor | None = None) -> torch.Tensor:
         """The guaranteed lower bound ``Ht = H0 + delta`` on the Gaussian entropy."""
-        return self.target_entropy + self.effective_delta()
+        return self.target_entropy + self.effective_delta(delta)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, delta: torch.Tensor | None = None) -> torch.Tensor:
+        """Log-stds for pre-activations ``z``.
+
+        :param delta: a stand-in for :attr:`delta` carrying its value, for callers that route the
+            compensation's gradient themselves (a learned ``delta`` trained beside an actor loss).
+        """
         if z.shape[-1] != self.action_dim:
             raise ValueError(
                 f"expected pre-activations of shape (..., {self.action_dim}), got {tuple(z.shape)}"
             )
-        return gaussian_era_log_std(z, self.entropy_floor(), self.log_std_min, self.log_std_max)
+        return gaussian_era_log_std(z, self.entropy_floor(delta), self.log_std_min, self.log_std_max)
 
     def compensation_loss(self, log_prob: torch.Tensor) -> torch.Tensor:
         """Spec 1.3: ``delta * stopgrad(H_hat - H0)`` with ``H_hat = -mean(log_prob)`` of the final policy.

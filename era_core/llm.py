@@ -59,11 +59,30 @@ def response_logit_factors(
     """
     check_response_era_args(lb, ub, k, top_fraction)
     h_resp = top_entropy_mean(token_entropy, response_mask, top_fraction)
+    non_empty = response_mask.bool().any(dim=-1)
+    return logit_factors_from_response_entropy(h_resp, non_empty, advantages, lb, ub, k, adv_threshold)
+
+
+def logit_factors_from_response_entropy(
+    h_resp: torch.Tensor,
+    non_empty: torch.Tensor,
+    advantages: torch.Tensor,
+    lb: float,
+    ub: float,
+    k: float = 2.0,
+    adv_threshold: float = 0.0,
+) -> torch.Tensor:
+    """Spec 3.3 from an already computed ``H_resp`` (see :func:`response_logit_factors`).
+
+    :param h_resp: ``(B,)`` response entropies from :func:`top_entropy_mean`.
+    :param non_empty: ``(B,)`` bool, responses with at least one token (the others get factor 1).
+    """
+    check_response_era_args(lb, ub, k)
     if advantages.dim() == 2:
         advantages = advantages[:, 0]
     if advantages.shape != h_resp.shape:
         raise ValueError(f"advantages must be (B,) with B={h_resp.shape[0]}, got {tuple(advantages.shape)}")
-    eligible = (advantages > adv_threshold) & response_mask.bool().any(dim=-1)
+    eligible = (advantages > adv_threshold) & non_empty
     ones = torch.ones_like(h_resp)
     factors = torch.where(eligible & (h_resp < lb), ones * k, ones)
     return torch.where(eligible & (h_resp > ub), ones / k, factors)
@@ -99,9 +118,10 @@ def scaled_token_logprobs(
     them gets log-prob ``-1e4``. Reference form (it holds a scaled copy of the logits); adapters chunk it.
 
     :param logits: ``(B, T, V)``; :param tokens: ``(B, T)``; :param factors: ``(B,)``.
-    :return: ``(B, T)`` float32 log-probs.
+    :return: ``(B, T)`` log-probs in float32 (float64 for float64 logits).
     """
-    scaled = logits.float() * factors.float().view(-1, 1, 1)
+    dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    scaled = logits.to(dtype) * factors.to(dtype).view(-1, 1, 1)
     picked = scaled.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
     if topk is None:
         return picked - torch.logsumexp(scaled, dim=-1)

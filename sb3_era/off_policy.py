@@ -21,7 +21,7 @@ from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 from stable_baselines3.sac.policies import Actor as SACActor
 from stable_baselines3.sac.policies import SACPolicy
 
-from era_core import BatchGaussianERA, GaussianERA, gaussian_era_log_std
+from era_core import BatchGaussianERA, GaussianERA
 from sb3_era.distributions import TruncatedNormalDistribution
 from sb3_era.policies import (
     FLOORS,
@@ -134,9 +134,7 @@ class ERAActorMixin:
         # Route the compensation gradient to delta (spec 1.3); the slot is filled in action_log_prob.
         slot: dict[str, th.Tensor] = {}
         self._pending_compensation = slot
-        delta = _CompensationGradient.apply(self.era.delta, slot)
-        entropy_floor = self.era.target_entropy + delta.clamp(max=self.era.max_delta)
-        return gaussian_era_log_std(z, entropy_floor, self.era.log_std_min, self.era.log_std_max)
+        return self.era(z, delta=_CompensationGradient.apply(self.era.delta, slot))
 
     def get_action_dist_params(self, obs: PyTorchObs) -> tuple[th.Tensor, th.Tensor, dict[str, th.Tensor]]:
         """

@@ -12,7 +12,7 @@ from trl.extras.profiling import profiling_decorator
 from trl.models.utils import _ForwardRedirection
 from trl.trainer.utils import get_config_model_id
 
-from era_core import response_logit_factors, scaled_advantages, top_entropy_mean
+from era_core import logit_factors_from_response_entropy, scaled_advantages, top_entropy_mean
 from trl_era.era_grpo_config import ERAGRPOConfig
 from trl_era.logprobs import ScaledLogProbHead, capture_last_hidden_state
 
@@ -217,14 +217,13 @@ class ERAGRPOTrainer(GRPOTrainer):
         args = self.args
         detached_entropies = entropies.detach()
         h_resp = top_entropy_mean(detached_entropies, mask, args.era_top_fraction)
-        factors = response_logit_factors(
-            detached_entropies,
-            mask,
+        factors = logit_factors_from_response_entropy(
+            h_resp,
+            mask.bool().any(dim=-1),
             advantages,
             lb=args.era_lb,
             ub=args.era_ub,
             k=args.era_k,
-            top_fraction=args.era_top_fraction,
             adv_threshold=args.era_adv_threshold,
         )
         era_logps = self._era_head(captured["last_hidden_state"], labels, factors, logps)

@@ -142,3 +142,12 @@ def test_batch_variant_holds_batch_mean_entropy_and_tracks_shift() -> None:
 def test_batch_variant_rejects_bad_momentum() -> None:
     with pytest.raises(ValueError, match="momentum"):
         BatchGaussianERA(2, momentum=0.0)
+
+
+def test_routed_delta_stands_in_for_the_parameter() -> None:
+    era = GaussianERA(3, target_entropy=-1.5, learn_delta=True)
+    z = torch.randn(16, 3)
+    routed = era.delta * 1.0 + 0.25
+    entropy = gaussian_entropy(era(z, delta=routed).double())
+    assert torch.all(entropy >= -1.25 - 1e-5)
+    torch.testing.assert_close(era(z, delta=era.delta * 1.0), era(z))

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from era_core import (
     categorical_entropy,
+    logit_factors_from_response_entropy,
     response_logit_factors,
     scaled_advantages,
     scaled_token_logprobs,
@@ -120,7 +121,7 @@ def test_scaled_token_logprobs_match_log_softmax_reference() -> None:
             for i, c in enumerate(factors)
         ]
     )
-    torch.testing.assert_close(scaled_token_logprobs(logits, tokens, factors), expected.float())
+    torch.testing.assert_close(scaled_token_logprobs(logits, tokens, factors), expected)
 
 
 def test_unit_factors_leave_log_probs_unchanged() -> None:
@@ -150,3 +151,15 @@ def test_categorical_entropy_matches_torch_distribution() -> None:
     logits = torch.randn(4, 9) * 5
     expected = torch.distributions.Categorical(logits=logits).entropy()
     torch.testing.assert_close(categorical_entropy(logits), expected)
+
+
+def test_factors_from_precomputed_response_entropy_match_the_one_call_form() -> None:
+    gen = torch.Generator().manual_seed(3)
+    entropy = torch.rand(6, 12, generator=gen) * 4
+    mask = torch.arange(12) < torch.tensor([0, 3, 12, 7, 1, 12])[:, None]
+    advantages = torch.randn(6, generator=gen)
+    h_resp = top_entropy_mean(entropy, mask)
+    torch.testing.assert_close(
+        logit_factors_from_response_entropy(h_resp, mask.any(-1), advantages, lb=1.0, ub=2.5),
+        response_logit_factors(entropy, mask, advantages, lb=1.0, ub=2.5),
+    )

@@ -131,7 +131,7 @@ def test_rescales_exactly_the_eligible_rows_and_matches_full_logits_reference(co
     assert (era_logps[changed] != trl_logps[changed]).all()
 
     reference = full_logits_reference(trainer.model, batch, factors, temperature=0.8)
-    torch.testing.assert_close(era_logps * mask, reference * mask, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(era_logps.double() * mask, reference * mask, rtol=1e-5, atol=1e-5)
     params = [p for p in trainer.model.parameters() if p.requires_grad]
     weights = batch["advantages"].double().unsqueeze(-1) * mask
     got = torch.autograd.grad((era_logps * weights).sum(), params)
