@@ -61,7 +61,7 @@ class TruncatedNormalDistribution(DiagGaussianDistribution):
         """
         edge = 1.0 - th.finfo(mean_actions.dtype).eps
         loc = th.tanh(mean_actions).clamp(-edge, edge)
-        scale = th.ones_like(loc) * log_std.exp()
+        scale = log_std.exp().expand_as(loc)
         if self.center.device != loc.device or self.center.dtype != loc.dtype:
             self.center, self.half_range = self.center.to(loc), self.half_range.to(loc)
         self.distribution = TruncatedNormal(loc, scale, -1.0, 1.0)
