@@ -57,7 +57,6 @@ def response_logit_factors(
     :param advantages: ``(B,)`` advantages, or ``(B, T)`` per-token ones (the first response token is read).
     :return: ``(B,)`` float32 factors.
     """
-    check_response_era_args(lb, ub, k, top_fraction)
     h_resp = top_entropy_mean(token_entropy, response_mask, top_fraction)
     non_empty = response_mask.bool().any(dim=-1)
     return logit_factors_from_response_entropy(h_resp, non_empty, advantages, lb, ub, k, adv_threshold)
