@@ -16,12 +16,16 @@ import warnings
 
 import numpy as np
 import torch as th
+from gymnasium import spaces
 from sb3_contrib.common.recurrent.policies import RecurrentActorCriticPolicy
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.buffers import ReplayBuffer, RolloutBuffer
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.distributions import Distribution
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
+
+from sb3_era.policies import distribution_entropy_stats
 
 
 def _is_era_policy(policy: th.nn.Module) -> bool:
@@ -64,14 +68,16 @@ def _recent_observations(
     return _recent(buffer.observations, buffer, n_states, upper)
 
 
-def era_entropy_stats(model: BaseAlgorithm, n_states: int) -> dict[str, float]:
-    """Measure the ERA floor and entropies of ``model``'s policy on its most recent states.
+def policy_entropy_stats(model: BaseAlgorithm, n_states: int) -> dict[str, float]:
+    """Measure the entropies of ``model``'s policy on its most recent states, ERA or not.
 
     The states are the newest ``n_states`` of the replay buffer (off-policy) or of the current rollout
     (on-policy; recurrent policies start from the stored LSTM states). Random draws use a forked RNG, so
-    measuring does not change the course of training.
+    measuring does not change the course of training. An ERA policy reports its floor too; a stock SB3
+    policy (SAC, TQC, PPO, A2C, ...) is measured with the same code
+    (:func:`sb3_era.policies.distribution_entropy_stats`), so a baseline and its ERA counterpart compare.
 
-    :param model: an SB3 algorithm with an ERA policy.
+    :param model: an SB3 on- or off-policy algorithm.
     :param n_states: how many recent states to measure on.
     :return: the measurements (see the module docstring), or an empty dict before any state is stored.
     """
@@ -92,7 +98,9 @@ def era_entropy_stats(model: BaseAlgorithm, n_states: int) -> dict[str, float]:
         upper = buffer.pos
         observations = _recent_observations(buffer, n_states, upper)
     else:
-        raise TypeError(f"ERA logging supports SB3 on- and off-policy algorithms, got {type(model).__name__}")
+        raise TypeError(
+            f"entropy logging supports SB3 on- and off-policy algorithms, got {type(model).__name__}"
+        )
 
     was_training = policy.training
     policy.set_training_mode(False)
@@ -115,13 +123,45 @@ def era_entropy_stats(model: BaseAlgorithm, n_states: int) -> dict[str, float]:
             episode_starts = th.as_tensor(
                 _recent(buffer.episode_starts, buffer, n_states, upper), device=policy.device
             )
-            stats = policy.entropy_stats(obs_tensor, lstm_states, episode_starts)
+            if _is_era_policy(policy):
+                stats = policy.entropy_stats(obs_tensor, lstm_states, episode_starts)
+            else:
+                distribution, _ = policy.get_distribution(obs_tensor, lstm_states, episode_starts)
+                stats = _stock_entropy_stats(model, distribution)
+        elif _is_era_policy(policy):
+            stats = (
+                policy.actor.entropy_stats(obs_tensor)
+                if hasattr(policy, "actor")
+                else policy.entropy_stats(obs_tensor)
+            )
         elif hasattr(policy, "actor"):
-            stats = policy.actor.entropy_stats(obs_tensor)
+            mean_actions, log_std, kwargs = policy.actor.get_action_dist_params(obs_tensor)
+            stats = _stock_entropy_stats(
+                model, policy.actor.action_dist.proba_distribution(mean_actions, log_std, **kwargs)
+            )
         else:
-            stats = policy.entropy_stats(obs_tensor)
+            stats = _stock_entropy_stats(model, policy.get_distribution(obs_tensor))
     policy.set_training_mode(was_training)
     return stats
+
+
+def _stock_entropy_stats(model: BaseAlgorithm, distribution: Distribution) -> dict[str, float]:
+    space = model.action_space
+    half_range = (space.high - space.low) / 2 if isinstance(space, spaces.Box) else None
+    return distribution_entropy_stats(distribution, None, half_range)
+
+
+def era_entropy_stats(model: BaseAlgorithm, n_states: int) -> dict[str, float]:
+    """Measure the ERA floor and entropies of ``model``'s ERA policy on its most recent states.
+
+    :param model: an SB3 algorithm with an ERA policy.
+    :param n_states: how many recent states to measure on.
+    :return: see :func:`policy_entropy_stats`.
+    :raises ValueError: when the policy is not an ERA policy.
+    """
+    if not _is_era_policy(model.policy):
+        raise ValueError(f"era_entropy_stats needs an ERA policy, got {type(model.policy).__name__}")
+    return policy_entropy_stats(model, n_states)
 
 
 def record_era_stats(model: BaseAlgorithm, n_states: int) -> None:

@@ -6,8 +6,10 @@ import numpy as np
 from gymnasium import spaces
 from stable_baselines3.common.distributions import (
     CategoricalDistribution,
+    DiagGaussianDistribution,
     Distribution,
     SquashedDiagGaussianDistribution,
+    StateDependentNoiseDistribution,
 )
 
 from era_core import gaussian_entropy
@@ -53,34 +55,52 @@ def check_bounded_box(action_space: spaces.Space, supported: str) -> None:
         )
 
 
-def distribution_entropy_stats(distribution: Distribution, entropy_floor: float) -> dict[str, float]:
+def distribution_entropy_stats(
+    distribution: Distribution, entropy_floor: float | None, action_half_range: np.ndarray | None = None
+) -> dict[str, float]:
     """Entropies of a built action distribution, measured in the ``[-1, 1]``-scaled action space.
 
-    :param distribution: an SB3 distribution after ``proba_distribution`` (truncated, tanh-squashed or
-        categorical).
-    :param entropy_floor: the floor ERA guarantees (on the Gaussian entropy, or the categorical one).
-    :return: ``entropy_floor``; for continuous actions ``gaussian_entropy`` (mean over states) and
-        ``gaussian_entropy_min`` (the floor holds when it is ``>= entropy_floor``); ``policy_entropy``, the
-        mean entropy of the final bounded policy (exact for categorical and truncated-normal actions; for
-        the tanh-squashed Gaussian the Monte-Carlo estimate ``-mean(log_prob)`` of one action per state).
+    Works for the ERA policies' distributions and for stock SB3 ones, so that a baseline is measured with the
+    same code as its ERA counterpart.
+
+    :param distribution: an SB3 distribution after ``proba_distribution``: truncated normal, tanh-squashed
+        Gaussian, categorical, or (stock PPO/A2C) an unbounded diagonal or gSDE Gaussian.
+    :param entropy_floor: the floor ERA guarantees (on the Gaussian entropy, or the categorical one);
+        ``None`` for a policy without a floor.
+    :param action_half_range: ``(high - low) / 2`` of the ``Box`` action space, for the unbounded Gaussians,
+        which act in the environment's units (the other distributions act in ``[-1, 1]``).
+    :return: ``entropy_floor`` when given; for continuous actions ``gaussian_entropy`` (mean over states)
+        and ``gaussian_entropy_min`` (the floor holds when it is ``>= entropy_floor``); ``policy_entropy``,
+        the mean entropy of the final bounded policy (exact for categorical and truncated-normal actions; for
+        the tanh-squashed Gaussian the Monte-Carlo estimate ``-mean(log_prob)`` of one action per state; not
+        given for the unbounded Gaussians, whose actions are clipped to the bounds).
     """
-    stats = {"entropy_floor": float(entropy_floor)}
+    stats = {} if entropy_floor is None else {"entropy_floor": float(entropy_floor)}
     if isinstance(distribution, CategoricalDistribution):
         stats["policy_entropy"] = distribution.entropy().mean().item()
         return stats
-    if isinstance(distribution, (TruncatedNormalDistribution, SquashedDiagGaussianDistribution)):
-        log_std = distribution.distribution.scale.log()
-        gaussian = gaussian_entropy(log_std)
-        stats["gaussian_entropy"] = gaussian.mean().item()
-        stats["gaussian_entropy_min"] = gaussian.min().item()
-        if isinstance(distribution, TruncatedNormalDistribution):
-            stats["policy_entropy"] = (
-                (distribution.entropy() - distribution.log_scale_correction).mean().item()
-            )
-            return stats
+    if not isinstance(
+        distribution,
+        (
+            TruncatedNormalDistribution,
+            SquashedDiagGaussianDistribution,
+            DiagGaussianDistribution,
+            StateDependentNoiseDistribution,
+        ),
+    ):
+        raise TypeError(f"no entropy measurement for {type(distribution).__name__}")
+    log_std = distribution.distribution.scale.log()
+    unbounded = not isinstance(distribution, (TruncatedNormalDistribution, SquashedDiagGaussianDistribution))
+    if unbounded and action_half_range is not None:
+        log_std = log_std - log_std.new_tensor(np.log(action_half_range).reshape(-1))
+    gaussian = gaussian_entropy(log_std)
+    stats["gaussian_entropy"] = gaussian.mean().item()
+    stats["gaussian_entropy_min"] = gaussian.min().item()
+    if isinstance(distribution, TruncatedNormalDistribution):
+        stats["policy_entropy"] = (distribution.entropy() - distribution.log_scale_correction).mean().item()
+    elif isinstance(distribution, SquashedDiagGaussianDistribution):
         # The tanh-squashed Gaussian has no closed-form entropy.
         actions = distribution.sample()
         log_prob = distribution.log_prob(actions, distribution.gaussian_actions)
         stats["policy_entropy"] = -log_prob.mean().item()
-        return stats
-    raise TypeError(f"no ERA entropy measurement for {type(distribution).__name__}")
+    return stats

@@ -9,7 +9,10 @@ rl-zoo3's algorithm, Optuna-sampler and trial-converter registries. The ``sb3-er
     sb3-era-zoo enjoy --algo sac_era --env Hopper-v5 --folder logs
     sb3-era-zoo optimize --algo sac_era --env Hopper-v5 --storage logs/study.log --study-name sac_era-hopper
 
-Every rl-zoo3 option passes through unchanged. For the ``*_era`` algorithms, ``train`` and ``optimize`` read
+Every rl-zoo3 option passes through unchanged. ``train`` also takes two options of its own:
+``--resume`` (checkpoint every ``--save-freq`` steps and continue a killed run from its last checkpoint, see
+:class:`sb3_era.zoo_resume.ResumableExperimentManager`) and ``--entropy-trace`` (write the policy's entropy
+at every evaluation to ``entropy.npz``, for ERA and stock policies alike). For the ``*_era`` algorithms, ``train`` and ``optimize`` read
 the shipped ``hyperparams/<algo>.yml`` unless ``--conf-file`` is given, and ``enjoy`` looks in ``logs``
 (rl-zoo3's training folder) unless ``--folder`` is given. ``optimize`` is ``train -optimize``.
 """
@@ -17,10 +20,12 @@ the shipped ``hyperparams/<algo>.yml`` unless ``--conf-file`` is given, and ``en
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import sys
 from collections.abc import Callable, Sequence
 
+import rl_zoo3.train
 from rl_zoo3 import hyperparams_opt
 from rl_zoo3 import utils as zoo_utils
 from rl_zoo3.enjoy import enjoy
@@ -29,6 +34,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 
 import hyperparams
 from sb3_era import ERAA2C, ERAPPO, ERASAC, ERATQC, ERACrossQ
+from sb3_era.zoo_resume import ResumableExperimentManager
 from sb3_era.zoo_samplers import ERA_HYPERPARAMS_CONVERTER, ERA_HYPERPARAMS_SAMPLER
 
 __all__ = ["COMMANDS", "ERA_ALGOS", "main", "register_zoo_algorithms", "zoo_arguments"]
@@ -56,7 +62,9 @@ RL Baselines3 Zoo with the ERA algorithms {", ".join(ERA_ALGOS)} registered.
   enjoy     rl-zoo3's enjoy script
   optimize  rl-zoo3's train script with -optimize (Optuna; --storage journal.log or an RDB URL for
             several workers on one --study-name)
-Run `sb3-era-zoo <command> --help` for the rl-zoo3 options."""
+Run `sb3-era-zoo <command> --help` for the rl-zoo3 options. `train` also takes
+  --resume         checkpoint every --save-freq steps; continue the newest unfinished run from its checkpoint
+  --entropy-trace  write the policy's entropy at every evaluation to entropy.npz"""
 
 
 def register_zoo_algorithms() -> None:
@@ -140,14 +148,30 @@ def main(argv: Sequence[str] | None = None) -> None:
             f"sb3-era-zoo: unknown command {command!r}; use one of {', '.join(COMMANDS)}\n{USAGE}"
         )
     register_zoo_algorithms()
+    run_options, options = _run_options(options) if command == "train" else (argparse.Namespace(), options)
     zoo_argv = zoo_arguments(command, options)
     saved_argv = sys.argv
     # rl-zoo3's scripts parse sys.argv themselves.
     sys.argv = [f"sb3-era-zoo {command}", *zoo_argv]
+    # rl-zoo3's train script builds the ExperimentManager it imported; ours resumes and traces entropy.
+    stock_manager = rl_zoo3.train.ExperimentManager
+    if getattr(run_options, "resume", False) or getattr(run_options, "entropy_trace", False):
+        rl_zoo3.train.ExperimentManager = functools.partial(
+            ResumableExperimentManager, resume=run_options.resume, entropy_trace=run_options.entropy_trace
+        )
     try:
         ZOO_SCRIPTS[command]()
     finally:
         sys.argv = saved_argv
+        rl_zoo3.train.ExperimentManager = stock_manager
+
+
+def _run_options(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
+    """Split ``train``'s own options (``--resume``, ``--entropy-trace``) from the rl-zoo3 ones."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--entropy-trace", action="store_true")
+    return parser.parse_known_args(list(argv))
 
 
 if __name__ == "__main__":

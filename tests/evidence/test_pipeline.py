@@ -1,0 +1,135 @@
+"""The evidence pipeline on a tiny protocol: launcher, resume after a kill, sharding, aggregation."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from benchmarks.evidence import report
+from benchmarks.evidence.protocol import REPOSITORY, load_protocol
+from benchmarks.evidence.run import main as run_main
+from benchmarks.evidence.run import parse_shard, results_folder, run_status, shard_runs, zoo_run_folder
+
+STEPS = 400
+EVAL_FREQ = 100
+
+
+@pytest.fixture
+def tiny_protocol(tmp_path: Path) -> Path:
+    """Pendulum, SAC vs SAC-ERA, 2 seeds, a few hundred steps."""
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    common = {"n_timesteps": STEPS, "learning_starts": 50, "batch_size": 32, "buffer_size": 1000}
+    (conf / "sac.yml").write_text(yaml.safe_dump({"Pendulum-v1": {**common, "policy": "MlpPolicy"}}))
+    (conf / "sac_era.yml").write_text(
+        yaml.safe_dump({"Pendulum-v1": {**common, "policy": "sb3_era.ERASACPolicy", "ent_coef": 0.0}})
+    )
+    protocol = {
+        "name": "tiny",
+        "arms": {
+            "sac": {"algo": "sac", "conf_file": str(conf / "sac.yml")},
+            "sac_era": {"algo": "sac_era", "conf_file": str(conf / "sac_era.yml")},
+        },
+        "envs": ["Pendulum-v1"],
+        "seeds": [0, 1],
+        "n_timesteps": STEPS,
+        "eval_freq": EVAL_FREQ,
+        "eval_episodes": 1,
+        "save_freq": 2 * EVAL_FREQ,
+        "reference_scores": {"Pendulum-v1": [-1500.0, 0.0]},
+    }
+    path = tmp_path / "tiny.yml"
+    path.write_text(yaml.safe_dump(protocol))
+    return path
+
+
+def test_shards_partition_the_runs(tiny_protocol: Path):
+    runs = load_protocol(tiny_protocol).runs()
+    shards = [shard_runs(runs, (index, 3)) for index in (1, 2, 3)]
+    assert sorted(run.key for shard in shards for run in shard) == sorted(run.key for run in runs)
+    assert all(shards)
+    with pytest.raises(Exception, match="1 <= i <= n"):
+        parse_shard("4/3")
+
+
+def test_protocol_errors_name_the_problem(tiny_protocol: Path, tmp_path: Path):
+    spec = yaml.safe_load(tiny_protocol.read_text())
+    spec["save_freq"] = EVAL_FREQ + 1
+    bad = tmp_path / "bad.yml"
+    bad.write_text(yaml.safe_dump(spec))
+    with pytest.raises(ValueError, match="multiple of eval_freq"):
+        load_protocol(bad)
+    with pytest.raises(ValueError, match="shipped protocols are"):
+        load_protocol("no-such-protocol")
+
+
+def test_shipped_protocols_load():
+    for name in ("ppo_mujoco", "exploration", "exploration_discrete", "sac_hopper", "dmc", "dmc_smoke"):
+        protocol = load_protocol(name)
+        assert protocol.runs(), name
+
+
+def _run_dirs(tmp_path: Path) -> list[str]:
+    return ["--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "results")]
+
+
+def test_launcher_shards_resume_and_report(tiny_protocol: Path, tmp_path: Path):
+    protocol = load_protocol(tiny_protocol)
+    runs_dir, results_dir = tmp_path / "runs", tmp_path / "results"
+    # Shard 1 of 2 in one process, killed once its first run has a checkpoint.
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.evidence.run", str(tiny_protocol), "--shard", "1/2",
+         "--progress-every", "1", *_run_dirs(tmp_path)],
+        cwd=REPOSITORY, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    first = shard_runs(protocol.runs(), (1, 2))[0]
+    deadline = time.monotonic() + 300
+    while run_status(runs_dir, results_dir, first)[0] != "partial" and time.monotonic() < deadline:
+        assert launcher.poll() is None, launcher.communicate()[0]
+        time.sleep(0.2)
+    os.killpg(launcher.pid, signal.SIGKILL)
+    launcher.wait()
+    status, killed_at = run_status(runs_dir, results_dir, first)
+    assert status == "partial" and 0 < killed_at < STEPS
+
+    # Both shards to completion: the killed run resumes from its checkpoint instead of starting over.
+    assert run_main([str(tiny_protocol), "--shard", "1/2", *_run_dirs(tmp_path)]) == 0
+    log = (zoo_run_folder(runs_dir, first).parents[1] / "train.log").read_text()
+    assert f"from its checkpoint at {killed_at} steps" in log
+    assert run_main([str(tiny_protocol), "--shard", "2/2", "--workers", "2", *_run_dirs(tmp_path)]) == 0
+
+    for run in protocol.runs():
+        folder = results_folder(results_dir, run)
+        with np.load(folder / "evaluations.npz") as evaluations:
+            # One evaluation history, on schedule, across the kill.
+            assert evaluations["timesteps"].tolist() == list(range(EVAL_FREQ, STEPS + 1, EVAL_FREQ))
+        with np.load(folder / "entropy.npz") as entropy:
+            assert entropy["timesteps"].tolist() == list(range(EVAL_FREQ, STEPS + 1, EVAL_FREQ))
+            assert np.all(np.isfinite(entropy["gaussian_entropy"]))
+            if run.arm.name == "sac_era":
+                assert np.all(entropy["gaussian_entropy_min"] >= entropy["entropy_floor"] - 1e-5)
+        record = json.loads((folder / "run.json").read_text())
+        assert record["command"].startswith("sb3-era-zoo train --algo")
+        assert not (zoo_run_folder(runs_dir, run) / "checkpoint").exists()
+    # Finished runs are skipped.
+    assert run_main([str(tiny_protocol), *_run_dirs(tmp_path)]) == 0
+
+    summary = report.build_report(protocol, results_dir, tmp_path / "report", bootstrap_reps=200)
+    assert set(summary["final"]) == {"sac", "sac_era"}
+    for arm in ("sac", "sac_era"):
+        estimate = summary["final"][arm]["Pendulum-v1"]
+        assert estimate["n_runs"] == 2
+        assert estimate["ci_low"] <= estimate["iqm"] <= estimate["ci_high"]
+    improvement = summary["probability_of_improvement"]["sac_era"]
+    assert 0.0 <= improvement["ci_low"] <= improvement["estimate"] <= improvement["ci_high"] <= 1.0
+    for name in ("final_scores.png", "learning_curves.png", "entropy.png", "report.md", "report.json"):
+        assert (tmp_path / "report" / name).is_file(), name
