@@ -7,7 +7,7 @@ Switch one argument and the policy keeps its entropy above a floor by constructi
 """
 
 from sb3_era.algorithms import ERAA2C, ERAPPO, ERASAC, ERATQC, ERACrossQ
-from sb3_era.callbacks import ERAEntropyCallback, era_entropy_stats
+from sb3_era.callbacks import ERAEntropyCallback, era_entropy_stats, policy_entropy_stats
 from sb3_era.distributions import TruncatedNormalDistribution
 from sb3_era.off_policy import (
     ERAActor,
@@ -49,4 +49,5 @@ __all__ = [
     "ERATQCPolicy",
     "TruncatedNormalDistribution",
     "era_entropy_stats",
+    "policy_entropy_stats",
 ]

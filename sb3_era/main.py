@@ -39,8 +39,7 @@ from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.vec_env import VecEnv
 
-from era_core import gaussian_entropy
-from sb3_era import ERASAC, era_entropy_stats
+from sb3_era import ERASAC, policy_entropy_stats
 from sb3_era.plotting import plot_learning_curves
 from sb3_era.policies import ACTION_DISTRIBUTIONS
 
@@ -234,24 +233,6 @@ def _make_model(
     return SAC("MlpPolicy", env, ent_coef="auto", **common)
 
 
-@th.no_grad()
-def _baseline_entropy_stats(model: SAC, n_states: int) -> dict[str, float]:
-    """The Gaussian and final-policy entropies of plain SAC, measured like ``era_entropy_stats`` does."""
-    buffer = model.replay_buffer
-    upper = buffer.pos or buffer.buffer_size
-    observations = buffer.observations[max(0, upper - n_states) : upper].reshape(-1, *buffer.obs_shape)
-    actor = model.policy.actor
-    obs = th.as_tensor(observations, device=model.device)
-    _, log_std, _ = actor.get_action_dist_params(obs)
-    gaussian = gaussian_entropy(log_std)
-    _, log_prob = actor.action_log_prob(obs)
-    return {
-        "gaussian_entropy": gaussian.mean().item(),
-        "gaussian_entropy_min": gaussian.min().item(),
-        "policy_entropy": -log_prob.mean().item(),
-    }
-
-
 def _train_and_evaluate(
     label: str, seed: int, args: argparse.Namespace, settings: SACSettings, run_dir: Path
 ) -> dict[str, Any]:
@@ -282,11 +263,9 @@ def _train_and_evaluate(
         steps.append(int(model.num_timesteps))
         episode_returns.append(list(map(float, final_returns)))
     model.policy.set_training_mode(False)
+    entropy = policy_entropy_stats(model, ENTROPY_STATES)
     if label == ERA_LABEL:
-        entropy = era_entropy_stats(model, ENTROPY_STATES)
         entropy["floor_margin"] = entropy["gaussian_entropy_min"] - entropy["entropy_floor"]
-    else:
-        entropy = _baseline_entropy_stats(model, ENTROPY_STATES)
     model.save(run_dir / "model.zip")
     env.close()
     eval_env.close()
