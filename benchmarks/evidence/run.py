@@ -24,6 +24,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -207,6 +208,29 @@ def launch(
     )
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     active: list[_Active] = []
+    try:
+        return _launch_loop(
+            protocol, pending, runs_dir, results_dir, workers, commit, progress_every, environment, active
+        )
+    finally:
+        # Interrupted (Ctrl-C, SIGTERM from a job scheduler): stop the runs; each resumes from its checkpoint.
+        for entry in active:
+            entry.process.terminate()
+        for entry in active:
+            entry.process.wait()
+
+
+def _launch_loop(
+    protocol: Protocol,
+    pending: list[Run],
+    runs_dir: Path,
+    results_dir: Path,
+    workers: int,
+    commit: bool,
+    progress_every: float,
+    environment: dict[str, str],
+    active: list[_Active],
+) -> int:
     failures = 0
     last_progress = time.monotonic()
     while pending or active:
@@ -305,4 +329,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # A job scheduler's SIGTERM stops the runs like Ctrl-C does (they resume from their checkpoints).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     raise SystemExit(main())
