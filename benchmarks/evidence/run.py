@@ -248,8 +248,13 @@ def _launch_loop(
                 flush=True,
             )
             with log.open("a") as log_file:
+                # `sb3-era-zoo` through this interpreter, whatever the PATH finds first.
                 process = subprocess.Popen(
-                    command, cwd=REPOSITORY, env=environment, stdout=log_file, stderr=subprocess.STDOUT
+                    [sys.executable, "-m", "sb3_era.zoo", *command[1:]],
+                    cwd=REPOSITORY,
+                    env=environment,
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
                 )
             active.append(_Active(run, process, log, time.monotonic(), step))
         time.sleep(1.0)
