@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from rl_zoo3.utils import EnvironmentName
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 PROTOCOLS = Path(__file__).resolve().parent / "protocols"
@@ -45,9 +46,14 @@ class Run:
     seed: int
 
     @property
+    def env_name(self) -> str:
+        """rl-zoo3's folder name of the environment (``dm_control/dog-run-v0`` -> ``dm_control-dog-run-v0``)."""
+        return str(EnvironmentName(self.env))
+
+    @property
     def key(self) -> str:
-        """``<arm>/<env>_s<seed>``: the run's folder under the protocol's runs and results folders."""
-        return f"{self.arm.name}/{self.env}_s{self.seed}"
+        """``<arm>/<env name>_s<seed>``: the run's folder under the protocol's runs and results folders."""
+        return f"{self.arm.name}/{self.env_name}_s{self.seed}"
 
 
 @dataclass(frozen=True)

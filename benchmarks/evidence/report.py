@@ -29,6 +29,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+from rl_zoo3.utils import EnvironmentName
 from rliable import library as rly
 from rliable import metrics, plot_utils
 
@@ -41,7 +42,7 @@ def _load_runs(protocol: Protocol, results_dir: Path, arm: str, env: str) -> dic
     """Finished runs of one arm on one task: seed -> evaluation timesteps, per-evaluation mean return, entropy."""
     runs = {}
     for seed in protocol.seeds:
-        folder = results_dir / protocol.name / arm / f"{env}_s{seed}"
+        folder = results_dir / protocol.name / arm / f"{EnvironmentName(env)}_s{seed}"
         if not (folder / "run.json").is_file():
             continue
         with np.load(folder / "evaluations.npz") as evaluations:

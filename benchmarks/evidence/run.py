@@ -63,7 +63,7 @@ def run_folder(runs_dir: Path, run: Run) -> Path:
 
 def zoo_run_folder(runs_dir: Path, run: Run) -> Path:
     """The rl-zoo3 run folder inside a run's log folder (one run per log folder, so always id 1)."""
-    return run_folder(runs_dir, run) / run.arm.algo / f"{run.env}_1"
+    return run_folder(runs_dir, run) / run.arm.algo / f"{run.env_name}_1"
 
 
 def results_folder(results_dir: Path, run: Run) -> Path:
@@ -121,7 +121,7 @@ def collect(protocol: Protocol, run: Run, runs_dir: Path, results_dir: Path, inf
     for monitor in sorted(source.glob("*monitor.csv")):
         shutil.copy2(monitor, target / monitor.name)
     for name in ("config.yml", "args.yml"):
-        config = source / run.env / name
+        config = source / run.env_name / name
         if config.is_file():
             shutil.copy2(config, target / name)
     record = {
