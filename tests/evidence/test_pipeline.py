@@ -76,6 +76,8 @@ def test_shipped_protocols_load():
     for name in ("ppo_mujoco", "exploration", "exploration_discrete", "sac_hopper", "dmc", "dmc_smoke"):
         protocol = load_protocol(name)
         assert protocol.runs(), name
+    # rl-zoo3 names the run folder of "dm_control/dog-run-v0" "dm_control-dog-run-v0_<id>".
+    assert load_protocol("dmc").runs()[0].key == "sac/dm_control-dog-run-v0_s0"
 
 
 def _run_dirs(tmp_path: Path) -> list[str]:
