@@ -256,14 +256,14 @@ def _curves(runs: dict[int, dict[str, Any]]) -> tuple[np.ndarray, np.ndarray] | 
 
 
 def _plot_learning_curves(protocol: Protocol, runs: dict[str, Any], out_dir: Path, reps: int) -> None:
-    arms = list(runs)
-    figure, axes = plt.subplots(
-        1, len(protocol.envs) + 1, figsize=(3.4 * (len(protocol.envs) + 1), 2.8), squeeze=False
-    )
-    aggregate_axis = axes[0][0]
-    for arm in arms:
-        per_task = {env: _curves(runs[arm][env]) for env in protocol.envs}
-        for axis, env in zip(axes[0][1:], protocol.envs, strict=True):
+    """IQM learning curves with 95% bands: over all tasks (normalised, when reference scores are given), per task."""
+    normalised = all(env in protocol.reference_scores for env in protocol.envs) and len(protocol.envs) > 1
+    panels = len(protocol.envs) + normalised
+    figure, axes = plt.subplots(1, panels, figsize=(3.4 * panels, 2.8), squeeze=False)
+    task_axes = axes[0][1:] if normalised else axes[0]
+    for arm, per_env in runs.items():
+        per_task = {env: _curves(per_env[env]) for env in protocol.envs}
+        for axis, env in zip(task_axes, protocol.envs, strict=True):
             if per_task[env] is None:
                 continue
             timesteps, returns = per_task[env]
@@ -275,28 +275,25 @@ def _plot_learning_curves(protocol: Protocol, runs: dict[str, Any], out_dir: Pat
             axis.set_title(f"{env} ({len(returns)} runs)", fontsize=9)
             axis.set_xlabel("steps")
         complete = [per_task[env] for env in protocol.envs]
-        if all(c is not None for c in complete) and all(
-            env in protocol.reference_scores for env in protocol.envs
-        ):
-            count = min(len(c[1]) for c in complete)
-            length = min(len(c[0]) for c in complete)
+        if normalised and all(curve is not None for curve in complete):
+            count = min(len(curve[1]) for curve in complete)
+            length = min(len(curve[0]) for curve in complete)
             scores = np.stack(
                 [
-                    _normalise(protocol, env, c[1][:count, :length])
-                    for env, c in zip(protocol.envs, complete, strict=True)
+                    _normalise(protocol, env, curve[1][:count, :length])
+                    for env, curve in zip(protocol.envs, complete, strict=True)
                 ],
                 axis=1,
             )
             points, intervals = rly.get_interval_estimates(
                 {arm: scores}, _iqm_per_evaluation, reps=max(reps // 10, 200)
             )
-            aggregate_axis.plot(complete[0][0][:length], points[arm], label=arm)
-            aggregate_axis.fill_between(
-                complete[0][0][:length], intervals[arm][0], intervals[arm][1], alpha=0.25
-            )
-    aggregate_axis.set_title("IQM over tasks (normalised)", fontsize=9)
-    aggregate_axis.set_xlabel("steps")
-    aggregate_axis.legend(fontsize=8)
+            axes[0][0].plot(complete[0][0][:length], points[arm], label=arm)
+            axes[0][0].fill_between(complete[0][0][:length], intervals[arm][0], intervals[arm][1], alpha=0.25)
+    if normalised:
+        axes[0][0].set_title("IQM over tasks (normalised)", fontsize=9)
+        axes[0][0].set_xlabel("steps")
+    axes[0][0].legend(fontsize=8)
     figure.suptitle(f"{protocol.name}: evaluation return, IQM with 95% CIs", fontsize=10)
     figure.tight_layout()
     figure.savefig(out_dir / "learning_curves.png", dpi=120)
