@@ -78,8 +78,8 @@ def test_registration_adds_every_era_algorithm_sampler_and_converter():
 
 
 def test_hyperparams_path_finds_every_shipped_file():
-    assert set(ERA_ALGO_NAMES) <= set(hyperparams.available())
-    for name in ERA_ALGO_NAMES:
+    assert {*ERA_ALGO_NAMES, *BASELINE_FILES} <= set(hyperparams.available())
+    for name in (*ERA_ALGO_NAMES, *BASELINE_FILES):
         assert hyperparams.path(name).is_file()
         assert hyperparams.path(f"{name}.yml") == hyperparams.path(name)
 
