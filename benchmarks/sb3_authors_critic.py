@@ -6,7 +6,8 @@ ELU hidden layers, AdamW; ``sb3_era.authors_critic_kwargs()``) on plain SAC (the
 ``hyperparams/sac_authors.yml``) and on SAC-ERA. Every model runs ``model.train()`` on one fixed replay
 buffer of random transitions (shared), batch 256, same seed; the models are timed interleaved (the order
 rotates each repeat) and the medians compared: ratio = throughput / SB3's SAC throughput, and "vs SB3
-critic" = throughput / that of the same model with SB3's critic (the price of LayerNorm + AdamW alone).
+critic" = throughput / that of the same model with SB3's critic (the price of LayerNorm + ELU + AdamW, and
+of each alone on plain SAC).
 
     python benchmarks/sb3_authors_critic.py
     python benchmarks/sb3_authors_critic.py --device cuda --out benchmarks/results/sb3_authors_critic_cuda.json
@@ -34,6 +35,9 @@ BASELINE = "SAC (SB3 default)"
 AUTHORS_PRESET = "SAC-ERA (--preset authors)"
 # model -> the same model with SB3's critic, for the "vs SB3 critic" column.
 SB3_CRITIC_TWIN = {
+    "SAC 2x512 + LayerNorm": "SAC 2x512",
+    "SAC 2x512 + ELU": "SAC 2x512",
+    "SAC 2x512 + AdamW": "SAC 2x512",
     "SAC 2x512 + authors' critic": "SAC 2x512",
     AUTHORS_PRESET: "SAC-ERA 2x512",
 }
@@ -57,9 +61,21 @@ def _models(args: argparse.Namespace) -> dict[str, OffPolicyAlgorithm]:
     )
     wide = dict(net_arch=list(preset.net_arch))
     authors = dict(wide, **authors_critic_kwargs())
+    # One option of the authors' critic at a time (its optimizer option comes with its weight decay).
+    alone = {
+        "LayerNorm": dict(critic_layer_norm=True),
+        "ELU": dict(critic_activation_fn=authors["critic_activation_fn"]),
+        "AdamW": {key: authors[key] for key in ("critic_optimizer_class", "critic_optimizer_kwargs")},
+    }
     models: dict[str, OffPolicyAlgorithm] = {
         BASELINE: SAC("MlpPolicy", args.env, **common),
         "SAC 2x512": SAC("MlpPolicy", args.env, policy_kwargs=wide, **common),
+        **{
+            f"SAC 2x512 + {name}": SAC(
+                CriticOptionsSACPolicy, args.env, policy_kwargs=dict(wide, **option), **common
+            )
+            for name, option in alone.items()
+        },
         "SAC 2x512 + authors' critic": SAC(CriticOptionsSACPolicy, args.env, policy_kwargs=authors, **common),
         "SAC-ERA 2x512": ERASAC("MlpPolicy", args.env, policy_kwargs=wide, **common),
         AUTHORS_PRESET: ERASAC("MlpPolicy", args.env, policy_kwargs=authors, **common),
