@@ -1,9 +1,11 @@
-"""rl-zoo3 hyper-parameter files for the ERA algorithms (``sac_era.yml``, ``ppo_era.yml``, ...).
+"""rl-zoo3 hyper-parameter files for the ERA algorithms (``sac_era.yml``, ``ppo_era.yml``, ...) and for their
+baselines with the ERA authors' settings and critic (``sac_authors.yml``, ``tqc_authors.yml``: stock SAC/TQC).
 
 The files ship as package data so an installed ``era-rl`` finds them too::
 
     import hyperparams
     hyperparams.path("sac_era")  # -> .../hyperparams/sac_era.yml
+    hyperparams.path("sac_authors")  # -> .../hyperparams/sac_authors.yml
 """
 
 from __future__ import annotations

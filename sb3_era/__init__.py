@@ -8,6 +8,7 @@ Switch one argument and the policy keeps its entropy above a floor by constructi
 
 from sb3_era.algorithms import ERAA2C, ERAPPO, ERASAC, ERATQC, ERACrossQ
 from sb3_era.callbacks import ERAEntropyCallback, era_entropy_stats, policy_entropy_stats
+from sb3_era.critics import CriticOptionsSACPolicy, CriticOptionsTQCPolicy, authors_critic_kwargs
 from sb3_era.distributions import TruncatedNormalDistribution
 from sb3_era.off_policy import (
     ERAActor,
@@ -32,6 +33,8 @@ __all__ = [
     "ERAPPO",
     "ERASAC",
     "ERATQC",
+    "CriticOptionsSACPolicy",
+    "CriticOptionsTQCPolicy",
     "ERAActor",
     "ERAActorCriticCnnPolicy",
     "ERAActorCriticPolicy",
@@ -48,6 +51,7 @@ __all__ = [
     "ERATQCMultiInputPolicy",
     "ERATQCPolicy",
     "TruncatedNormalDistribution",
+    "authors_critic_kwargs",
     "era_entropy_stats",
     "policy_entropy_stats",
 ]

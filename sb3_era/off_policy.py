@@ -22,6 +22,7 @@ from stable_baselines3.sac.policies import Actor as SACActor
 from stable_baselines3.sac.policies import SACPolicy
 
 from era_core import BatchGaussianERA, GaussianERA
+from sb3_era.critics import CRITIC_OPTIONS_DOC, CriticOptionsMixin
 from sb3_era.distributions import TruncatedNormalDistribution
 from sb3_era.policies import (
     FLOORS,
@@ -270,11 +271,12 @@ _POLICY_PARAMS_DOC = """
 """
 
 
-class ERASACPolicy(ERAOffPolicyMixin, SACPolicy):
+class ERASACPolicy(ERAOffPolicyMixin, CriticOptionsMixin, SACPolicy):
     __doc__ = (
         "\n    SAC policy whose actor keeps its Gaussian entropy above a floor by construction (ERA, spec 1.2).\n"
         "    Use with ``ent_coef=0.0`` (the default of :class:`sb3_era.ERASAC`).\n"
         + _POLICY_PARAMS_DOC.format(host="see ``stable_baselines3.sac.policies.SACPolicy``")
+        + CRITIC_OPTIONS_DOC
     )
     actor_class = ERAActor
 
@@ -300,10 +302,11 @@ class ERASACMultiInputPolicy(ERASACPolicy):
         super().__init__(*args, features_extractor_class=features_extractor_class, **kwargs)
 
 
-class ERATQCPolicy(ERAOffPolicyMixin, TQCPolicy):
+class ERATQCPolicy(ERAOffPolicyMixin, CriticOptionsMixin, TQCPolicy):
     __doc__ = (
         "\n    TQC policy (sb3-contrib) with the ERA actor; use with ``ent_coef=0.0``.\n"
         + _POLICY_PARAMS_DOC.format(host="see ``sb3_contrib.tqc.policies.TQCPolicy``, e.g. ``n_quantiles``")
+        + CRITIC_OPTIONS_DOC
     )
     actor_class = ERAActor
 

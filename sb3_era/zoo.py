@@ -14,7 +14,11 @@ Every rl-zoo3 option passes through unchanged. ``train`` also takes two options 
 :class:`sb3_era.zoo_resume.ResumableExperimentManager`) and ``--entropy-trace`` (write the policy's entropy
 at every evaluation to ``entropy.npz``, for ERA and stock policies alike). For the ``*_era`` algorithms, ``train`` and ``optimize`` read
 the shipped ``hyperparams/<algo>.yml`` unless ``--conf-file`` is given, and ``enjoy`` looks in ``logs``
-(rl-zoo3's training folder) unless ``--folder`` is given. ``optimize`` is ``train -optimize``.
+(rl-zoo3's training folder) unless ``--folder`` is given. ``optimize`` is ``train -optimize``. A
+``--conf-file`` that is not an existing file but names a shipped one (``sac_authors``, ``tqc_authors.yml``:
+the baselines with the ERA authors' settings and critic) is that shipped file, for any algorithm::
+
+    sb3-era-zoo train --algo sac --env Hopper-v5 --conf-file sac_authors
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import functools
 import importlib.util
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import rl_zoo3.train
 from rl_zoo3 import hyperparams_opt
@@ -114,7 +119,8 @@ def zoo_arguments(command: str, argv: Sequence[str]) -> list[str]:
     :param command: one of :data:`COMMANDS`.
     :param argv: the rl-zoo3 options the user gave.
     :return: ``argv`` plus the ERA defaults: for the ``*_era`` algorithms the shipped hyper-parameter file
-        (``train``/``optimize``) or the ``logs`` folder (``enjoy``); ``-optimize`` for ``optimize``;
+        (``train``/``optimize``) or the ``logs`` folder (``enjoy``); the path of a shipped file named by
+        ``--conf-file`` (a later option wins in argparse); ``-optimize`` for ``optimize``;
         ``--gym-packages shimmy`` for DeepMind Control ids.
     :raises ValueError: for an unknown command.
     """
@@ -126,8 +132,15 @@ def zoo_arguments(command: str, argv: Sequence[str]) -> list[str]:
         if algo in ERA_ALGOS and _find_option(arguments, "-f", "--folder") is None:
             arguments += ["--folder", ZOO_LOG_FOLDER]
     else:
-        if algo in ERA_ALGOS and _find_option(arguments, "-conf", "--conf-file") is None:
+        conf_file = _find_option(arguments, "-conf", "--conf-file")
+        if algo in ERA_ALGOS and conf_file is None:
             arguments += ["--conf-file", str(hyperparams.path(algo))]
+        elif (
+            conf_file is not None
+            and not Path(conf_file).exists()
+            and conf_file.removesuffix(".yml") in hyperparams.available()
+        ):
+            arguments += ["--conf-file", str(hyperparams.path(conf_file))]
         if command == "optimize" and not _has_flag(arguments, "-optimize", "--optimize-hyperparameters"):
             arguments.append("--optimize-hyperparameters")
     return arguments + _dm_control_arguments(arguments)

@@ -7,11 +7,14 @@ import json
 import math
 
 import pytest
+import torch as th
 import yaml
+from rl_zoo3 import exp_manager
+from stable_baselines3 import SAC
 
 import hyperparams
 import sb3_era.main as sb3_era_main
-from sb3_era import ERASAC
+from sb3_era import ERASAC, CriticOptionsSACPolicy, ERASACPolicy, authors_critic_kwargs
 from sb3_era.main import PRESETS, main
 from sb3_era.plotting import plot_learning_curves
 
@@ -118,9 +121,30 @@ def test_main_job_names_the_extra_for_dm_control_tasks(monkeypatch, capsys, tmp_
 
 def test_authors_preset_matches_the_shipped_sac_era_settings():
     default = yaml.safe_load(hyperparams.path("sac_era").read_text())["default"]
+    policy_kwargs = eval(default["policy_kwargs"], vars(exp_manager))  # as rl-zoo3 reads it
     authors = dataclasses.asdict(PRESETS["authors"])
-    assert list(authors.pop("net_arch")) == default["policy_kwargs"]["net_arch"]
+    assert list(authors.pop("net_arch")) == policy_kwargs["net_arch"]
+    assert authors.pop("authors_critic")
+    assert authors_critic_kwargs().items() <= policy_kwargs.items()
     assert authors == {key: default[key] for key in authors}
+    assert not PRESETS["quick"].authors_critic
+
+
+def test_authors_preset_trains_era_and_baseline_with_the_authors_critic(tmp_path):
+    flags = ["--preset", "authors", "--baseline", "--timesteps", "130", "--learning-starts", "100"]
+    flags += ["--env", "Pendulum-v1", "--eval-freq", "200", "--eval-episodes", "1", "--device", "cpu"]
+    main([*flags, "--no-progress-bar", "--output-dir", str(tmp_path)])
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["config"]["sac"]["authors_critic"] is True
+    for label, algo, policy in (("SAC-ERA", ERASAC, ERASACPolicy), ("SAC", SAC, CriticOptionsSACPolicy)):
+        model = algo.load(tmp_path / label / "seed_0" / "model.zip", device="cpu")
+        assert type(model.policy) is policy
+        assert model.policy.critic_options == authors_critic_kwargs()
+        assert th.nn.LayerNorm in {type(module) for module in model.policy.critic.qf0}
+        assert type(model.policy.critic.optimizer) is th.optim.AdamW
+        assert type(model.policy.actor.optimizer) is th.optim.Adam
+        assert model.policy_kwargs["net_arch"] == [512, 512]
+        assert model.gradient_steps == 2
 
 
 def test_learning_curve_plot_writes_a_png_for_several_algorithms_and_seeds(tmp_path):

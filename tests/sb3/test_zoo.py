@@ -11,8 +11,9 @@ from pathlib import Path
 import gymnasium as gym
 import optuna
 import pytest
+import torch as th
 import yaml
-from rl_zoo3 import hyperparams_opt
+from rl_zoo3 import exp_manager, hyperparams_opt
 from rl_zoo3.exp_manager import ExperimentManager
 from rl_zoo3.utils import ALGOS
 from sb3_contrib import TQC, CrossQ
@@ -50,6 +51,11 @@ DM_CONTROL_ENTRIES = (
     "dm_control/humanoid-walk-v0",
     "dm_control/humanoid-stand-v0",
 )
+# The baselines of the SAC/TQC ERA files: the same settings and critic, the host's entropy temperature.
+BASELINE_FILES = {
+    "sac_authors": (SAC, sb3_era.CriticOptionsSACPolicy),
+    "tqc_authors": (TQC, sb3_era.CriticOptionsTQCPolicy),
+}
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # Subprocesses: one thread each, no network.
 SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
@@ -72,8 +78,8 @@ def test_registration_adds_every_era_algorithm_sampler_and_converter():
 
 
 def test_hyperparams_path_finds_every_shipped_file():
-    assert set(ERA_ALGO_NAMES) <= set(hyperparams.available())
-    for name in ERA_ALGO_NAMES:
+    assert {*ERA_ALGO_NAMES, *BASELINE_FILES} <= set(hyperparams.available())
+    for name in (*ERA_ALGO_NAMES, *BASELINE_FILES):
         assert hyperparams.path(name).is_file()
         assert hyperparams.path(f"{name}.yml") == hyperparams.path(name)
 
@@ -96,16 +102,32 @@ def test_hyperparams_file_covers_mujoco_pendulum_and_dm_control(name):
         assert entries[env_id]["env_wrapper"] == "gymnasium.wrappers.FlattenObservation"
 
 
-def test_sac_era_file_holds_the_authors_settings():
-    entries = yaml.safe_load(hyperparams.path("sac_era").read_text())
-    for env_id in ("default", "HalfCheetah-v5", "Hopper-v5", "Humanoid-v5", "dm_control/dog-run-v0"):
+def _policy_kwargs(entry: dict) -> dict:
+    """An entry's ``policy_kwargs`` as rl-zoo3 reads it (a string is evaluated in rl-zoo3's namespace)."""
+    policy_kwargs = entry["policy_kwargs"]
+    return eval(policy_kwargs, vars(exp_manager)) if isinstance(policy_kwargs, str) else policy_kwargs
+
+
+AUTHORS_ENTRIES = ("default", "HalfCheetah-v5", "Hopper-v5", "Humanoid-v5", "dm_control/dog-run-v0")
+
+
+@pytest.mark.parametrize("name", ["sac_era", "tqc_era", "sac_authors", "tqc_authors"])
+def test_sac_and_tqc_files_hold_the_authors_settings_and_critic(name):
+    entries = yaml.safe_load(hyperparams.path(name).read_text())
+    era = {
+        "target_entropy_per_dim": -0.5,
+        "log_std_min": -8.0,
+        "log_std_max": 0.0,
+        "action_distribution": "truncated",
+    }
+    tqc = {"n_quantiles": 25, "n_critics": 2}
+    for env_id in AUTHORS_ENTRIES:
         entry = entries[env_id]
-        assert entry["policy_kwargs"] == {
+        assert _policy_kwargs(entry) == {
             "net_arch": [512, 512],
-            "target_entropy_per_dim": -0.5,
-            "log_std_min": -8.0,
-            "log_std_max": 0.0,
-            "action_distribution": "truncated",
+            **(tqc if name.startswith("tqc") else {}),
+            **(era if name.endswith("_era") else {}),
+            **sb3_era.authors_critic_kwargs(),
         }
         assert (entry["batch_size"], entry["gamma"], entry["tau"], entry["learning_rate"]) == (
             256,
@@ -115,6 +137,23 @@ def test_sac_era_file_holds_the_authors_settings():
         )
         assert (entry["train_freq"], entry["gradient_steps"]) == (1, 2)
         assert (entry["learning_starts"], entry["buffer_size"]) == (5000, 1_000_000)
+        assert entry["ent_coef"] == (0.0 if name.endswith("_era") else "auto")
+
+
+@pytest.mark.parametrize("name", BASELINE_FILES)
+def test_baseline_file_mirrors_its_era_file(name):
+    baseline = yaml.safe_load(hyperparams.path(name).read_text())
+    era = yaml.safe_load(hyperparams.path(name.replace("_authors", "_era")).read_text())
+    assert baseline.keys() == era.keys()
+    policy = BASELINE_FILES[name][1]
+    for env_id, entry in baseline.items():
+        assert entry["policy"] == f"sb3_era.{policy.__name__}", env_id
+        assert entry["ent_coef"] == "auto", env_id
+        settings = {
+            key: value for key, value in entry.items() if key not in ("policy", "ent_coef", "policy_kwargs")
+        }
+        assert settings == {key: era[env_id][key] for key in settings}, env_id
+        assert settings.keys() == era[env_id].keys() - {"policy", "ent_coef", "policy_kwargs"}, env_id
 
 
 def _experiment(name: str, env_id: str, log_folder: Path, **overrides) -> ExperimentManager:
@@ -133,6 +172,19 @@ def _experiment(name: str, env_id: str, log_folder: Path, **overrides) -> Experi
     )
 
 
+def _check_critic(model, env_id: str) -> None:
+    """The authors' critic (LayerNorm, ELU, AdamW) on every task but Pendulum, which keeps SB3's."""
+    layer_types = {type(module) for module in model.policy.critic.qf0}
+    if env_id == "Pendulum-v1":
+        assert th.nn.LayerNorm not in layer_types
+        assert type(model.policy.critic.optimizer) is th.optim.Adam
+    else:
+        assert {th.nn.LayerNorm, th.nn.ELU} <= layer_types
+        assert type(model.policy.critic.optimizer) is th.optim.AdamW
+        assert model.policy.critic.optimizer.defaults["weight_decay"] == 1e-4
+    assert type(model.policy.actor.optimizer) is th.optim.Adam
+
+
 @pytest.mark.parametrize("name", ERA_ALGO_NAMES)
 def test_every_gymnasium_entry_builds_its_era_model(name, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # MuJoCo writes MUJOCO_LOG.TXT into the working directory
@@ -142,6 +194,31 @@ def test_every_gymnasium_entry_builds_its_era_model(name, tmp_path, monkeypatch)
         assert isinstance(model.policy, ERA_POLICIES[name])
         assert model.ent_coef == 0.0
         assert model.policy_kwargs["target_entropy_per_dim"] == -0.5
+        if name in ("sac_era", "tqc_era"):
+            _check_critic(model, env_id)
+        model.get_env().close()
+
+
+@pytest.mark.parametrize("name", BASELINE_FILES)
+def test_every_gymnasium_entry_of_a_baseline_file_builds_the_stock_algorithm(name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    algo, policy = BASELINE_FILES[name]
+    for env_id in GYM_ENTRIES:
+        model, _ = ExperimentManager(
+            argparse.Namespace(),
+            algo.__name__.lower(),
+            env_id,
+            str(tmp_path),
+            eval_freq=-1,
+            hyperparams={"buffer_size": 1000},
+            verbose=0,
+            device="cpu",
+            config=str(hyperparams.path(name)),
+        ).setup_experiment()
+        assert type(model) is algo
+        assert type(model.policy) is policy
+        assert isinstance(model.log_ent_coef, th.Tensor)  # ent_coef="auto": the temperature is learned
+        _check_critic(model, env_id)
         model.get_env().close()
 
 
@@ -189,6 +266,18 @@ def test_stock_samplers_shared_by_era_samplers_are_used_unchanged():
         ("train", ["--algo", "sac_era", "-conf", "my.yml"], []),
         ("train", ["--algo", "sac_era", "--conf", "my.yml"], []),
         ("train", ["--algo", "sac", "--env", "Hopper-v5"], []),
+        (
+            "train",
+            ["--algo", "sac", "--conf-file", "sac_authors"],
+            ["--conf-file", str(hyperparams.path("sac_authors"))],
+        ),
+        (
+            "optimize",
+            ["--algo", "tqc", "-conf=tqc_authors.yml", "-optimize"],
+            ["--conf-file", str(hyperparams.path("tqc_authors"))],
+        ),
+        ("train", ["--algo", "sac", "--conf-file", str(hyperparams.path("sac_authors"))], []),
+        ("train", ["--algo", "sac", "--conf-file", "sac_unknown"], []),
         (
             "optimize",
             ["--algo", "tqc_era"],
@@ -311,6 +400,23 @@ def test_stock_rl_zoo3_trains_with_the_dotted_era_policy(tmp_path):
     assert isinstance(model.policy, sb3_era.ERASACPolicy)
     assert model.ent_coef == 0.0
     assert model.policy.actor.era_kwargs["target_entropy_per_dim"] == -0.5
+
+
+def test_sb3_era_zoo_trains_stock_sac_with_the_shipped_baseline_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    # MountainCarContinuous-v0 is not listed: the `default` entry (the authors' settings and critic) applies.
+    command = ["train", "--algo", "sac", "--env", "MountainCarContinuous-v0", "--conf-file", "sac_authors"]
+    command += ["-n", "150", "-params", "learning_starts:100", "buffer_size:1000", "--eval-freq", "-1"]
+    command += ["--seed", "0", "--num-threads", "1", "--device", "cpu", "-f", str(tmp_path / "logs")]
+    zoo.main(command)
+    model = SAC.load(
+        tmp_path / "logs" / "sac" / "MountainCarContinuous-v0_1" / "MountainCarContinuous-v0.zip"
+    )
+    assert type(model.policy) is sb3_era.CriticOptionsSACPolicy
+    assert model.policy.critic_options == sb3_era.authors_critic_kwargs()
+    assert model.policy_kwargs["net_arch"] == [512, 512]
+    _check_critic(model, "MountainCarContinuous-v0")
+    assert model.num_timesteps == 150
 
 
 def _optimize_worker(tmp_path: Path, storage: str, seed: int) -> subprocess.Popen:
