@@ -39,7 +39,7 @@ def _tiny_llava() -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
 
 def test_vision_language_model_with_a_processor_is_refused(config_kwargs):
     model, processor = _tiny_llava()
-    with pytest.raises(NotImplementedError, match="vision-language models .* are not supported yet"):
+    with pytest.raises(NotImplementedError, match=r"vision-language models .* are not supported yet"):
         ERAGRPOTrainer(
             model=model,
             reward_funcs=count_reward,
