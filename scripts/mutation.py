@@ -39,7 +39,7 @@ def prepare(target: str, config: dict, workdir: Path) -> None:
             shutil.rmtree(workdir / name)
         shutil.copytree(ROOT / name, workdir / name, ignore=ignore)
     pyproject = (ROOT / "pyproject.toml").read_text()
-    pyproject = pyproject[: pyproject.index("[tool.mutmut]")]
+    pyproject = pyproject[: pyproject.index("\n[tool.mutmut]\n") + 1]
     lines = [
         "[tool.mutmut]",
         f"source_paths = {_toml_list(config['source_paths'])}",
