@@ -217,3 +217,121 @@ def test_samples_lie_in_support_and_cdf_of_sample_is_uniform_draw(
     u = torch.tensor([[0.25], [0.5], [0.75]], dtype=torch.float64)
     if math.exp(log_scale) > 1e-3 and abs(loc) < 1.0 + 5 * math.exp(log_scale):
         torch.testing.assert_close(dist.cdf(dist.icdf(u)), u, atol=1e-6, rtol=0)
+
+
+# --- Survivors of the mutation run on era_core (scripts/mutation.py era_core) -------------------------------
+
+
+def test_truncated_normal_expand_keeps_dtype_bounds_and_validation() -> None:
+    """``expand`` with number bounds, half-precision parameters and unvalidated (here invalid) parameters."""
+    dist = TruncatedNormal(
+        torch.tensor([0.2, -0.5], dtype=torch.bfloat16), torch.tensor([0.3, 0.1], dtype=torch.bfloat16)
+    )
+    expanded = dist.expand((4, 2))
+    assert expanded.low == -1.0 and expanded.high == 1.0
+    assert expanded.entropy().dtype == expanded.mean.dtype == torch.bfloat16
+    torch.testing.assert_close(expanded.entropy(), dist.entropy().expand(4, 2))
+    unchecked = TruncatedNormal(torch.zeros(2), torch.tensor([1.0, -1.0]), validate_args=False)
+    assert unchecked.expand((3, 2)).batch_shape == (3, 2)  # validation stays off, as in the original
+
+
+def test_truncated_normal_expand_returns_the_subclass() -> None:
+    class Shifted(TruncatedNormal):
+        def __init__(self, loc: torch.Tensor, scale: torch.Tensor) -> None:
+            super().__init__(loc, scale, -1.0, 1.0)
+
+        def expand(self, batch_shape, _instance=None):
+            return super().expand(batch_shape, self._get_checked_instance(Shifted, _instance))
+
+    assert type(Shifted(torch.zeros(2), torch.ones(2)).expand((3, 2))) is Shifted
+
+
+def test_categorical_entropy_reduces_over_the_last_dimension_of_3d_logits() -> None:
+    from era_core import categorical_entropy
+
+    logits = torch.randn(2, 5, 7, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    expected = -(logits.softmax(-1) * logits.log_softmax(-1)).sum(-1)
+    torch.testing.assert_close(categorical_entropy(logits), expected.float())
+
+
+@pytest.mark.parametrize("topk", [None, 3])
+def test_scaled_token_logprobs_dtype_and_top_k_membership(topk: int | None) -> None:
+    """Half-precision logits are computed in float32; float64 factors do not promote float32 logits; with
+    ``topk=3`` exactly the tokens among the three largest scaled logits are scored."""
+    from era_core import scaled_token_logprobs
+
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 4, 6, generator=gen, dtype=torch.float64) * 3
+    tokens = torch.randint(0, 6, (3, 4), generator=gen)
+    factors = torch.tensor([0.5, 1.0, 2.0], dtype=torch.float64)
+    reference = scaled_token_logprobs(logits, tokens, factors, topk)
+    for dtype in (torch.bfloat16, torch.float32):
+        got = scaled_token_logprobs(
+            logits.to(dtype), tokens, factors if dtype == torch.float32 else factors.float(), topk
+        )
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got.double(), reference, atol=0.1, rtol=0.02)
+    scaled = logits * factors.view(-1, 1, 1)
+    picked = scaled.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    if topk is None:
+        torch.testing.assert_close(reference, picked - scaled.logsumexp(-1))
+    else:
+        top = scaled.topk(topk, dim=-1).values
+        in_top = picked >= top[..., -1]
+        assert in_top.any() and (~in_top).any()
+        torch.testing.assert_close(reference[in_top], (picked - top.logsumexp(-1))[in_top])
+        assert (reference[~in_top] == -1e4).all()
+
+
+def test_truncated_normal_cdf_outside_the_support_is_zero_below_and_one_above() -> None:
+    dist = TruncatedNormal(torch.tensor([0.3, -0.9]), torch.tensor([0.2, 0.5]))
+    torch.testing.assert_close(dist.cdf(torch.tensor([-1.5, -3.0])), torch.zeros(2))
+    torch.testing.assert_close(dist.cdf(torch.tensor([1.5, 3.0])), torch.ones(2))
+
+
+def test_scaled_advantages_keep_the_advantages_dtype() -> None:
+    from era_core import scaled_advantages
+
+    got = scaled_advantages(
+        torch.tensor([1.0, -2.0, 3.0]), torch.tensor([2.0, 0.5, 1.0], dtype=torch.float64)
+    )
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, torch.tensor([0.5, -4.0, 3.0]))
+
+
+@pytest.mark.parametrize("measured", [-5.0, 0.5])
+def test_compensation_gradient_is_measured_minus_target_entropy(measured: float) -> None:
+    """Spec 1.3: d loss / d delta = H_hat - H0, below and above the target."""
+    era = GaussianERA(3, target_entropy=-1.5, learn_delta=True)
+    era.compensation_loss(torch.full((16,), -measured, dtype=torch.float64)).backward()
+    assert era.delta.grad.item() == pytest.approx(measured + 1.5)
+
+
+def test_compensation_at_exactly_the_cap_stops_rising_but_can_fall() -> None:
+    era = GaussianERA(2, target_entropy=-1.0, learn_delta=True)
+    with torch.no_grad():
+        era.delta.fill_(era.max_delta)
+    era.compensation_loss(torch.full((8,), 10.0)).backward()  # entropy below target: no push upwards
+    assert era.delta.grad.item() == 0.0
+    era.delta.grad = None
+    era.compensation_loss(torch.full((8,), 0.5)).backward()  # entropy -0.5 above target -1: delta falls
+    assert era.delta.grad.item() == pytest.approx(0.5)
+
+
+def test_batch_variant_arguments_defaults_and_errors() -> None:
+    era = BatchGaussianERA(4)
+    assert (era.target_entropy, era.log_std_min, era.log_std_max, era.momentum) == (-2.0, -8.0, 0.0, 0.01)
+    assert BatchGaussianERA(4, target_entropy_per_dim=-1.0).target_entropy == -4.0
+    assert BatchGaussianERA(4, target_entropy=-3.0).target_entropy == -3.0
+    with pytest.raises(ValueError, match=r"momentum must be in \(0, 1\], got 1.5"):
+        BatchGaussianERA(4, momentum=1.5)
+    with pytest.raises(ValueError, match=r"expected pre-activations of shape \(\.\.\., 4\), got \(2, 3\)"):
+        era(torch.zeros(2, 3))
+
+
+def test_batch_variant_holds_the_mean_over_every_leading_dimension_and_keeps_dtype() -> None:
+    era = BatchGaussianERA(3, target_entropy=-1.0, log_std_min=-50.0, log_std_max=50.0, momentum=1.0)
+    z = torch.randn(4, 5, 3, generator=torch.Generator().manual_seed(0)) * 2
+    log_std = era.train()(z)
+    assert gaussian_entropy(log_std.double()).mean().item() == pytest.approx(-1.0, abs=1e-5)
+    assert era.train()(z.to(torch.bfloat16)).dtype == torch.bfloat16
