@@ -79,13 +79,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-children", type=int, default=1, help="parallel mutmut workers (default 1)")
     parser.add_argument("--nice", type=int, default=10, help="niceness of the mutmut process (default 10)")
     parser.add_argument("--summary-only", action="store_true", help="only summarise an earlier run")
+    parser.add_argument(
+        "names", nargs="*", help="mutant name globs to run (default: all), e.g. 'era_core.gaussian.*'"
+    )
     args = parser.parse_args(argv)
 
     workdir = ROOT / "build" / "mutation" / args.target
     env = dict(os.environ, OMP_NUM_THREADS="1", HYPOTHESIS_PROFILE="mutation", HF_HUB_OFFLINE="1")
     if not args.summary_only:
         prepare(args.target, targets[args.target], workdir)
-        command = [sys.executable, "-m", "mutmut", "run", "--max-children", str(args.max_children)]
+        command = [
+            sys.executable,
+            "-m",
+            "mutmut",
+            "run",
+            "--max-children",
+            str(args.max_children),
+            *args.names,
+        ]
         subprocess.run(["nice", "-n", str(args.nice), *command], cwd=workdir, env=env, check=True)
     summary = summarise(workdir, env)
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
