@@ -335,3 +335,20 @@ def test_batch_variant_holds_the_mean_over_every_leading_dimension_and_keeps_dty
     log_std = era.train()(z)
     assert gaussian_entropy(log_std.double()).mean().item() == pytest.approx(-1.0, abs=1e-5)
     assert era.train()(z.to(torch.bfloat16)).dtype == torch.bfloat16
+
+
+def test_gaussian_entropy_and_shape_checks_use_the_last_dimension_of_3d_inputs() -> None:
+    log_std = torch.randn(2, 3, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    expected = 0.5 * 4 * math.log(2 * math.pi * math.e) + log_std.sum(-1)
+    torch.testing.assert_close(gaussian_entropy(log_std), expected)
+    with pytest.raises(ValueError, match=r"shape \(\.\.\., 3\)"):
+        GaussianERA(3)(torch.zeros(2, 3, 4))
+    assert BatchGaussianERA(4, target_entropy=-3.0).entropy_floor().item() == -3.0
+
+
+def test_truncated_normal_cdf_returns_the_parameters_dtype() -> None:
+    dist = TruncatedNormal(
+        torch.tensor([0.2], dtype=torch.bfloat16), torch.tensor([0.3], dtype=torch.bfloat16)
+    )
+    cdf = dist.cdf(torch.tensor([0.1]))
+    assert cdf.dtype == torch.bfloat16 and 0.0 < cdf.item() < 1.0
