@@ -352,3 +352,9 @@ def test_truncated_normal_cdf_returns_the_parameters_dtype() -> None:
     )
     cdf = dist.cdf(torch.tensor([0.1]))
     assert cdf.dtype == torch.bfloat16 and 0.0 < cdf.item() < 1.0
+
+
+def test_truncated_normal_expand_keeps_validation_on() -> None:
+    checked = TruncatedNormal(torch.zeros(2), torch.ones(2), validate_args=True).expand((3, 2))
+    with pytest.raises(ValueError, match="support"):
+        checked.log_prob(torch.full((3, 2), 1.5))
