@@ -358,3 +358,15 @@ def test_truncated_normal_expand_keeps_validation_on() -> None:
     checked = TruncatedNormal(torch.zeros(2), torch.ones(2), validate_args=True).expand((3, 2))
     with pytest.raises(ValueError, match="support"):
         checked.log_prob(torch.full((3, 2), 1.5))
+
+
+def test_gaussian_floor_on_3d_pre_activations_is_per_last_dimension() -> None:
+    """A ``(B, T, D)`` input: the softmax and the count ``D`` come from the last dimension."""
+    z = torch.randn(2, 3, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 3
+    log_std = gaussian_era_log_std(z, -2.0, log_std_min=-100.0, log_std_max=0.5)
+    # Computed in float32 (then cast back), hence the tolerances.
+    torch.testing.assert_close(
+        gaussian_entropy(log_std), torch.full((2, 3), -2.0, dtype=torch.float64), atol=1e-5, rtol=0
+    )
+    expected = 0.5 + (-2.0 - 4 * 0.5 - 2 * math.log(2 * math.pi * math.e)) * z.softmax(-1)
+    torch.testing.assert_close(log_std, expected, atol=1e-5, rtol=0)
