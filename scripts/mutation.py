@@ -5,7 +5,7 @@ The target's sources and the tests are copied into ``build/mutation/<target>/``,
 carries the target's ``[tool.mutmut]`` table, and mutmut runs there: niced, one process, the hypothesis
 ``mutation`` profile (tests/conftest.py). The script prints the mutation score and the surviving mutants
 and writes them to ``build/mutation/<target>/summary.json``; ``mutmut show <name>`` run in that folder shows
-a mutant's diff. Exit status: 0 when no mutant survived, 1 otherwise.
+a mutant's diff. Exit status: 0 when no mutant survived (those listed as ``equivalent`` in the target's table aside), 1 otherwise.
 """
 
 from __future__ import annotations
@@ -99,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
         ]
         subprocess.run(["nice", "-n", str(args.nice), *command], cwd=workdir, env=env, check=True)
     summary = summarise(workdir, env)
+    equivalent = set(targets[args.target].get("equivalent", []))
+    summary["equivalent"] = sorted(equivalent & set(summary["survived"]))
+    summary["survived"] = sorted(set(summary["survived"]) - equivalent)
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
     return 0 if not summary["survived"] else 1
