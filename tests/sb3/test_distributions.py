@@ -70,11 +70,34 @@ def test_non_unit_bounds_rescale_actions_and_shift_log_prob_by_the_jacobian():
 
 
 def test_monte_carlo_entropy_agrees_with_the_closed_form():
+    th.manual_seed(0)
     mean = th.zeros(20000, 2) + th.tensor([0.3, -2.0])
     log_std = th.zeros(20000, 2) + th.tensor([-0.5, -1.0])
     dist = TruncatedNormalDistribution(2).proba_distribution(mean, log_std)
     monte_carlo = -dist.log_prob(dist.sample()).mean().item()
     assert math.isclose(monte_carlo, dist.entropy()[0].item(), abs_tol=0.03)
+
+
+def test_own_samples_follow_the_truncated_normal_in_env_units():
+    """Bounds and shape checked on the distribution's own draws (no predict clip): per dimension the
+    samples match SciPy's truncated normal mapped onto ``[low, high]``, and none pile up on a bound."""
+    from scipy import stats
+
+    th.manual_seed(0)
+    low, high = np.array([-2.0, 0.0, -0.4]), np.array([2.0, 1.0, 0.4])
+    mean = th.tensor([[0.8, -1.5, 3.0]]).expand(20_000, 3)
+    log_std = th.tensor([[-0.5, -1.0, -2.0]]).expand(20_000, 3)
+    samples = TruncatedNormalDistribution(3, low, high).proba_distribution(mean, log_std).sample().double()
+    for dim in range(3):
+        column = samples[:, dim].numpy()
+        assert low[dim] <= column.min() and column.max() <= high[dim]
+        assert np.mean((column == low[dim]) | (column == high[dim])) < 1e-3
+        half = (high[dim] - low[dim]) / 2
+        loc = (high[dim] + low[dim]) / 2 + half * math.tanh(mean[0, dim].item())
+        scale = half * math.exp(log_std[0, dim].item())
+        reference = stats.truncnorm((low[dim] - loc) / scale, (high[dim] - loc) / scale, loc=loc, scale=scale)
+        # Seeded; over seeds 0-3 the smallest p-value was 5e-4 (seed 0), a mirrored map gives p ~ 0.
+        assert stats.kstest(column, reference.cdf).pvalue > 1e-4
 
 
 def test_unbounded_or_inverted_bounds_raise():

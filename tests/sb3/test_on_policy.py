@@ -152,6 +152,21 @@ def test_recurrent_ppo_trains_with_the_era_recurrent_policy_and_logs_the_floor(e
 
 
 def test_plain_ppo_accepts_the_era_policy_class():
-    model = PPO(ERAActorCriticPolicy, ReachTargetEnv(), n_steps=64, batch_size=32, n_epochs=1, ent_coef=0.0)
+    model = PPO(
+        ERAActorCriticPolicy,
+        ReachTargetEnv(),
+        n_steps=64,
+        batch_size=32,
+        n_epochs=1,
+        ent_coef=0.0,
+        policy_kwargs=dict(net_arch=TINY_NET, target_entropy=-2.0, state_dependent_std=True),
+        seed=0,
+    )
     model.learn(64)
     assert isinstance(model.policy, ERAActorCriticPolicy)
+    with th.no_grad():
+        distribution = model.policy.get_distribution(_states(model))
+    assert isinstance(distribution, TruncatedNormalDistribution)
+    entropies = gaussian_entropy(distribution.distribution.scale.log())
+    # A state-dependent ERA head: the floor binds (log_std_min is far), so every state sits on it.
+    th.testing.assert_close(entropies, th.full_like(entropies, -2.0), atol=1e-4, rtol=0)

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import gymnasium as gym
+import numpy as np
 import optuna
 import pytest
 import torch as th
@@ -371,6 +372,15 @@ def test_train_every_other_era_algorithm(tmp_path, algo, overrides):
     model = ALGOS[algo].load(_train(tmp_path, algo, *overrides))
     assert isinstance(model.policy, ERA_POLICIES[algo])
     assert model.num_timesteps >= 128
+    # The trained, reloaded policy keeps its Gaussian entropy above the ERA floor in every state.
+    obs = th.as_tensor(np.stack([model.observation_space.sample() for _ in range(256)])) * 10.0
+    model.policy.set_training_mode(False)
+    with th.no_grad():
+        measured = getattr(model.policy, "actor", model.policy).entropy_stats(obs)
+    assert measured["entropy_floor"] == pytest.approx(
+        -0.5
+    )  # Pendulum: one action dimension, the default -D/2
+    assert measured["gaussian_entropy_min"] >= measured["entropy_floor"] - 1e-5
 
 
 def test_stock_rl_zoo3_trains_with_the_dotted_era_policy(tmp_path):

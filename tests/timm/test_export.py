@@ -74,5 +74,16 @@ def test_optimizer_with_layer_decay(images) -> None:
     optimizer = create_optimizer_v2(model, opt="adamw", lr=1e-3, weight_decay=0.05, layer_decay=0.75)
     scales = sorted({group["lr_scale"] for group in optimizer.param_groups})
     assert len(scales) > 2 and scales[-1] == 1.0
+    before = [p.detach().clone() for p in model.parameters()]
     torch.nn.functional.cross_entropy(model(images), torch.arange(4)).backward()
     optimizer.step()
+    assert all(
+        not torch.equal(b, p) for b, p in zip(before, model.parameters(), strict=True) if p.grad is not None
+    )
+    # timm's schedulers multiply each group's lr by its lr_scale: the ERA head at full rate, the patch
+    # embedding (the deepest layer) at the smallest scale.
+    scale_of = {id(p): group["lr_scale"] for group in optimizer.param_groups for p in group["params"]}
+    assert scale_of[id(model.head.weight)] == 1.0
+    assert (
+        scale_of[id(model.patch_embed.proj.weight)] == scales[0] == pytest.approx(0.75 ** (len(scales) - 1))
+    )

@@ -108,3 +108,37 @@ def test_import_without_registering() -> None:
     env = dict(os.environ, TIMM_ERA_REGISTER="0")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "0"
+
+
+REGISTER_LATER = """
+import math
+import timm, torch
+from timm.models import build_model_with_cfg, register_model
+from timm.models.resnet import BasicBlock, ResNet
+import timm_era
+
+@register_model
+def my_tiny_resnet(pretrained=False, **kwargs):
+    return build_model_with_cfg(ResNet, "my_tiny_resnet", pretrained, block=BasicBlock, layers=[1, 1, 1, 1], **kwargs)
+
+assert not timm.is_model("my_tiny_resnet_era")
+assert timm_era.register_era_models("my_tiny_*") == ["my_tiny_resnet_era"]
+assert timm_era.register_era_models("my_tiny_*") == []
+model = timm.create_model("my_tiny_resnet_era", num_classes=4, min_entropy=1.0).eval()
+assert timm_era.has_era(model) and timm.list_models(module="era_models", filter="my_tiny_*") == ["my_tiny_resnet_era"]
+logp = model(torch.randn(8, 3, 32, 32) * 100).log_softmax(-1)
+print(float(-(logp.exp() * logp).sum(-1).min()))
+"""
+
+
+def test_models_registered_after_the_import_get_era_twins_on_request() -> None:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run(
+        [sys.executable, "-c", REGISTER_LATER],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    assert float(result.stdout.split()[-1]) >= 1.0  # the twin's entropy floor holds

@@ -140,6 +140,40 @@ def test_rescales_exactly_the_eligible_rows_and_matches_full_logits_reference(co
         torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize(("era_k", "era_top_fraction"), [(3.0, 0.5), (1.5, 1.0)])
+def test_non_default_k_and_top_fraction_match_the_float64_reference(
+    config_kwargs, prompts, era_k, era_top_fraction
+):
+    """The user's ``era_k`` and ``era_top_fraction`` are the ones applied (not the defaults 2 and 0.2)."""
+    trainer = make_trainer(
+        config_kwargs,
+        prompts,
+        model=build_model().double(),
+        era_k=era_k,
+        era_top_fraction=era_top_fraction,
+    )
+    batch = fixed_batch(trainer.model.config.vocab_size)
+    mask, advantages = batch["completion_mask"], batch["advantages"]
+    with torch.no_grad():
+        _, trl_entropies = plain_log_probs(trainer, batch)
+    h_user = top_entropy_mean(trl_entropies, mask, era_top_fraction)
+    h_default = top_entropy_mean(trl_entropies, mask, 0.2)
+    # Bounds at which the user's and the default top fraction pick different rows to rescale.
+    positive = (advantages > 0).nonzero().flatten()
+    row = positive[(h_default - h_user)[positive].argmax()]
+    lb, ub = 0.0, float(h_user[row] + h_default[row]) / 2
+    trainer.args.era_lb, trainer.args.era_ub = lb, ub
+    factors = response_logit_factors(
+        trl_entropies, mask, advantages, lb, ub, k=era_k, top_fraction=era_top_fraction
+    )
+    default_factors = response_logit_factors(trl_entropies, mask, advantages, lb, ub)
+    assert (factors == 1 / era_k).any() and not torch.equal(factors != 1.0, default_factors != 1.0)
+
+    era_logps, _, _ = loss_log_probs(trainer, batch)
+    reference = full_logits_reference(trainer.model, batch, factors, temperature=trainer.args.temperature)
+    torch.testing.assert_close(era_logps.double() * mask, reference * mask, rtol=1e-5, atol=1e-5)
+
+
 def test_threshold_limits_rescaling_to_advantages_above_it(config_kwargs, prompts):
     trainer = make_trainer(config_kwargs, prompts, era_lb=0.5, era_ub=3.0, era_adv_threshold=1.0)
     batch = fixed_batch(trainer.model.config.vocab_size)
