@@ -88,9 +88,13 @@ class _ReparameterizedSample(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, loc, scale, u, low, high):
-        alpha, beta = (low - loc) / scale, (high - loc) / scale
-        z = _standard_quantile(alpha, beta, log_ndtr_diff(beta, alpha), u)
+    def forward(ctx, loc, scale, u, low, high, standardized_bounds=None):
+        if standardized_bounds is None:
+            alpha, beta = (low - loc) / scale, (high - loc) / scale
+            log_z = log_ndtr_diff(beta, alpha)
+        else:  # (alpha, beta, log Z), already computed by the distribution
+            alpha, beta, log_z = standardized_bounds
+        z = _standard_quantile(alpha, beta, log_z, u)
         raw = loc + scale * z
         x = raw.clamp(low, high)
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
@@ -107,7 +111,7 @@ class _ReparameterizedSample(torch.autograd.Function):
         dx_dloc, dx_dscale = ctx.saved_tensors
         grad_loc = grad_x * dx_dloc if ctx.needs_input_grad[0] else None
         grad_scale = grad_x * dx_dscale if ctx.needs_input_grad[1] else None
-        return grad_loc, grad_scale, None, None, None
+        return grad_loc, grad_scale, None, None, None, None
 
 
 class TruncatedNormal(Distribution):
@@ -231,5 +235,12 @@ class TruncatedNormal(Distribution):
         eps = torch.finfo(self.loc.dtype).eps
         u = torch.rand(shape, dtype=self.loc.dtype, device=self.loc.device).clamp(eps, 1.0 - eps)
         low, high = (v.expand(shape) if isinstance(v, torch.Tensor) else v for v in (self.low, self.high))
-        x = _ReparameterizedSample.apply(self.loc.expand(shape), self.scale.expand(shape), u, low, high)
+        # Without gradient (e.g. a rollout) the distribution's own alpha, beta and log Z are computed once and
+        # shared with a later log_prob; with gradient they are computed without a graph inside the Function.
+        bounds = None
+        if not torch.is_grad_enabled():
+            bounds = tuple(t.expand(shape) for t in (self._alpha, self._beta, self._log_z))
+        x = _ReparameterizedSample.apply(
+            self.loc.expand(shape), self.scale.expand(shape), u, low, high, bounds
+        )
         return x.to(self._out_dtype)

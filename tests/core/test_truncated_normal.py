@@ -205,3 +205,15 @@ def test_rsample_with_tensor_bounds_and_no_gradient() -> None:
     x = dist.rsample((1000,))
     assert not x.requires_grad
     assert torch.all(x >= dist.low) and torch.all(x <= 1.0)
+
+
+def test_rsample_without_gradient_equals_the_differentiable_sample() -> None:
+    # Without gradient the distribution's own alpha, beta and log Z are shared with log_prob; same numbers.
+    loc = torch.tensor([c[0] for c in CASES])
+    scale = torch.tensor([c[1] for c in CASES])
+    torch.manual_seed(4)
+    with_grad = TruncatedNormal(loc.clone().requires_grad_(True), scale).rsample((16,))
+    torch.manual_seed(4)
+    with torch.no_grad():
+        without = TruncatedNormal(loc, scale).rsample((16,))
+    assert torch.equal(with_grad.detach(), without)
