@@ -17,6 +17,7 @@ projects the backbone's hidden states through the LM head in vocabulary tiles. E
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -44,8 +45,9 @@ _TOKEN_CHUNK_SIZE = 4096
 _VOCAB_CHUNK_SIZE = 32768
 # Tokens whose gathered `(k + 1, H)` LM-head rows are held at once (float32: 1024 * 21 * 896 * 4 B = 77 MB).
 _GATHER_CHUNK_SIZE = 1024
-# Rescalable rows of a logit tile processed at once (float32 temporaries of 256 x 32768 x 4 B = 32 MB).
-_RESCALED_ROW_CHUNK_SIZE = 256
+# Rows of a logit tile processed at once for the rescaled log-probs (float32 temporaries of 128 x 32768 x 4 B =
+# 16 MB, fewer than TRL's fold of the whole tile holds).
+_RESCALED_ROW_CHUNK_SIZE = 128
 
 
 @contextmanager
@@ -209,13 +211,17 @@ class _TwoTemperatureLogProbs(torch.autograd.Function):
         n_tokens = hidden.shape[0]
         use_triton = _trl_kernels._use_triton(hidden.device)
         factor_t = torch.tensor(ctx.factors, device=hidden.device, dtype=torch.float32)
+        # The rows whose rescaled log-prob has a gradient (none when nothing was rescaled), each at the one factor
+        # the caller selected for it (the other factor's gradient is zero there).
+        active_rows = rescaled_rows[:0]
         if grad_scaled is not None:
-            # One factor per row: the one whose log-prob received a gradient (both zero: no contribution).
             grad_scaled = grad_scaled.float()[rescaled_rows]
             chosen = (grad_scaled != 0).float().argmax(dim=-1, keepdim=True)
             row_grad = grad_scaled.gather(-1, chosen).squeeze(-1)
-            row_factor = factor_t[chosen.squeeze(-1)]
-            row_log_z = scaled_log_z.gather(-1, chosen).squeeze(-1)
+            active = (row_grad != 0).nonzero().squeeze(-1)
+            active_rows, row_grad = rescaled_rows[active], row_grad[active]
+            row_factor = factor_t[chosen.squeeze(-1)[active]]
+            row_log_z = scaled_log_z.gather(-1, chosen).squeeze(-1)[active]
         with maybe_gather_lm_head_ctx(weight, bias):
             vocab = weight.shape[0]
             grad_hidden = (
@@ -237,10 +243,12 @@ class _TwoTemperatureLogProbs(torch.autograd.Function):
                 token_end = min(token_start + token_chunk, n_tokens)
                 n = token_end - token_start
                 hidden_chunk = hidden[token_start:token_end].to(compute_dtype)
-                chunk_rows = (
-                    ((rescaled_rows >= token_start) & (rescaled_rows < token_end)).nonzero().squeeze(-1)
-                )
-                local = rescaled_rows[chunk_rows] - token_start
+                chunk_rows = ((active_rows >= token_start) & (active_rows < token_end)).nonzero().squeeze(-1)
+                local = active_rows[chunk_rows] - token_start
+                # Row blocks of the tile (one block when no row is rescaled, as in TRL): a block's rescaled rows
+                # get their gradient from the logits before TRL's fold overwrites the block, then add it after.
+                local_list = local.tolist()
+                block = _RESCALED_ROW_CHUNK_SIZE if local_list else n
                 for start in range(0, vocab, chunk_size):
                     end = min(start + chunk_size, vocab)
                     w_chunk = weight[start:end].to(compute_dtype)
@@ -248,47 +256,35 @@ class _TwoTemperatureLogProbs(torch.autograd.Function):
                     torch.mm(hidden_chunk, w_chunk.t(), out=tile)
                     if bias is not None:
                         tile.add_(bias[start:end].to(compute_dtype))
-                    extra = None
-                    if grad_scaled is not None and local.numel() > 0:
-                        extra = torch.cat(
-                            [
-                                _scaled_logprob_logit_grad(
-                                    tile[local[rows]],
-                                    kernel_args,
-                                    targets[token_start:token_end][local[rows]] - start,
-                                    row_factor[chunk_rows[rows]],
-                                    row_log_z[chunk_rows[rows]],
-                                    row_grad[chunk_rows[rows]],
-                                )
-                                for rows in torch.arange(local.numel(), device=hidden.device).split(
-                                    _RESCALED_ROW_CHUNK_SIZE
-                                )
-                            ]
+                    for b0 in range(0, n, block):
+                        b1 = min(b0 + block, n)
+                        picked = slice(bisect.bisect_left(local_list, b0), bisect.bisect_left(local_list, b1))
+                        extra = None
+                        if picked.stop > picked.start:
+                            rows = local[picked]
+                            extra = _scaled_logprob_logit_grad(
+                                tile[rows],
+                                kernel_args,
+                                targets[token_start:token_end][rows] - start,
+                                row_factor[chunk_rows[picked]],
+                                row_log_z[chunk_rows[picked]],
+                                row_grad[chunk_rows[picked]],
+                            )
+                        _trl_backward_fold(
+                            tile[b0:b1],
+                            slice(token_start + b0, token_start + b1),
+                            targets,
+                            log_z,
+                            entropy,
+                            grad_logprobs,
+                            grad_entropy,
+                            start,
+                            end - start,
+                            kernel_args,
+                            use_triton,
                         )
-                    fold = (
-                        _trl_kernels._backward_kernel[
-                            (n, _trl_kernels.triton.cdiv(end - start, _trl_kernels._BLOCK_SIZE))
-                        ]
-                        if use_triton
-                        else _trl_kernels._backward_tile
-                    )
-                    fold(
-                        tile,
-                        tile.stride(0),
-                        targets[token_start:token_end],
-                        log_z[token_start:token_end],
-                        entropy[token_start:token_end],
-                        grad_logprobs[token_start:token_end] if grad_logprobs is not None else log_z,
-                        grad_entropy[token_start:token_end] if grad_entropy is not None else log_z,
-                        start,
-                        end - start,
-                        HAS_LOGPROB_GRAD=grad_logprobs is not None,
-                        HAS_ENTROPY_GRAD=grad_entropy is not None,
-                        BLOCK_SIZE=_trl_kernels._BLOCK_SIZE,
-                        **kernel_args,
-                    )
-                    if extra is not None:
-                        tile.index_put_((local,), extra.to(tile.dtype), accumulate=True)
+                        if extra is not None:
+                            tile.index_put_((rows,), extra.to(tile.dtype), accumulate=True)
                     if grad_hidden is not None:
                         _trl_kernels._addmm_fp32(grad_hidden[token_start:token_end], tile, w_chunk)
                     if grad_weight is not None:
@@ -301,6 +297,44 @@ class _TwoTemperatureLogProbs(torch.autograd.Function):
             grad_bias.to(bias.dtype) if grad_bias is not None else None,
             *([None] * 8),
         )
+
+
+def _trl_backward_fold(
+    tile,
+    tokens,
+    targets,
+    log_z,
+    entropy,
+    grad_logprobs,
+    grad_entropy,
+    vocab_start,
+    n_cols,
+    kernel_args,
+    use_triton,
+) -> None:
+    """TRL's backward fold (its Triton kernel or torch code) over the rows ``tokens`` of a tile, in place."""
+    fold = (
+        _trl_kernels._backward_kernel[
+            (tile.shape[0], _trl_kernels.triton.cdiv(n_cols, _trl_kernels._BLOCK_SIZE))
+        ]
+        if use_triton
+        else _trl_kernels._backward_tile
+    )
+    fold(
+        tile,
+        tile.stride(0),
+        targets[tokens],
+        log_z[tokens],
+        entropy[tokens],
+        grad_logprobs[tokens] if grad_logprobs is not None else log_z[tokens],
+        grad_entropy[tokens] if grad_entropy is not None else log_z[tokens],
+        vocab_start,
+        n_cols,
+        HAS_LOGPROB_GRAD=grad_logprobs is not None,
+        HAS_ENTROPY_GRAD=grad_entropy is not None,
+        BLOCK_SIZE=_trl_kernels._BLOCK_SIZE,
+        **kernel_args,
+    )
 
 
 def _transformed(tile: torch.Tensor, kernel_args: dict) -> torch.Tensor:
