@@ -166,7 +166,7 @@ class ERAGRPOTrainer(GRPOTrainer):
         for start in range(0, input_ids.size(0), batch_size):
             rows = slice(start, start + batch_size)
             # Runs inside the wrapper's forward, like TRL's `model(...)` call: DDP prepares its gradient reduction,
-            # ZeRO-3 and FSDP keep the parameters gathered for the second scoring of the rescaled responses.
+            # ZeRO-3 and FSDP keep the parameters gathered for the ERA scoring (the top-k pass).
             with self.accelerator.autocast():
                 chunks.append(
                     self._forward_redirection(

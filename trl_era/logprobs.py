@@ -54,8 +54,8 @@ _RESCALED_ROW_CHUNK_SIZE = 128
 def capture_last_hidden_state(model: PreTrainedModel) -> Iterator[dict[str, torch.Tensor]]:
     """Record the ``last_hidden_state`` that ``model``'s backbone (``model.base_model``) returns while inside.
 
-    TRL's fused LM head calls the backbone and keeps the hidden states to itself; ERA needs them to score the
-    rescaled responses a second time without running the backbone again.
+    TRL's fused LM head calls the backbone and keeps the hidden states to itself; the top-k mode needs them to
+    score every response's top logits without running the backbone again.
 
     :param model: the (TRL-patched) causal LM, not a PEFT wrapper.
     :return: a dict that holds ``"last_hidden_state"`` after the forward ran.
