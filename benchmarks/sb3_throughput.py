@@ -4,12 +4,17 @@ Off-policy: gradient steps per second of ``model.train()`` on one fixed replay b
 the environment) shared by every model: SAC as an SB3 user runs it (``ent_coef="auto"``), SAC with
 ``ent_coef=0`` (no temperature update, like SAC-ERA), SAC-ERA with the truncated normal and with the tanh
 squashing. On-policy: environment steps per second of ``model.learn()`` (rollout, update and logging, ERA's
-entropy measurement included) for PPO and PPO-ERA. Same environment, network and seed for all; the models
-are timed interleaved (the order rotates each repeat) and the medians of the repeats are compared:
-ratio = ERA throughput / baseline throughput (goal: within 2%, i.e. ratio >= 0.98).
+entropy measurement included) for PPO and PPO-ERA. Whole ``learn()`` of SAC: env steps per second of SAC
+and SAC-ERA (truncated) with SB3's defaults (one gradient step per env step) on ``--learn-env`` (Hopper-v5),
+rollout and updates together. Same environment, network and seed for all; the models are timed interleaved
+(the order rotates each repeat) and the medians of the repeats are compared: ratio = ERA throughput /
+baseline throughput (goal: within 2%, i.e. ratio >= 0.98).
 
-    python benchmarks/sb3_throughput.py
-    python benchmarks/sb3_throughput.py --env Hopper-v5 --repeats 9 --device cuda
+``--clock cpu`` (the default on a CPU) times the process's CPU time instead of the wall clock, so that other
+programs sharing the machine's cores do not enter the measurement; on a GPU the wall clock is used.
+
+    PYTHONPATH=. python benchmarks/sb3_throughput.py
+    PYTHONPATH=. python benchmarks/sb3_throughput.py --env Hopper-v5 --repeats 9 --device cuda
 """
 
 from __future__ import annotations
@@ -38,7 +43,9 @@ OFF_POLICY_BASELINE = "SAC (ent_coef=auto)"
 OFF_POLICY_CONTROL = "SAC (ent_coef=0)"
 ON_POLICY_BASELINE = "PPO"
 GOAL_RATIO = 0.98
-GROUPS = ("off-policy", "on-policy")
+LEARN_BASELINE = "SAC learn() (ent_coef=auto)"
+GROUPS = ("off-policy", "on-policy", "off-policy-learn")
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 VERSIONED_PACKAGES = ("era-rl", "stable-baselines3", "torch", "gymnasium", "mujoco", "numpy")
 
 
@@ -99,16 +106,37 @@ def _on_policy_models(args: argparse.Namespace) -> dict[str, BaseAlgorithm]:
     return models
 
 
-def _gradient_steps_per_second(model: OffPolicyAlgorithm, gradient_steps: int, batch_size: int) -> float:
-    start = time.perf_counter()
+def _learn_models(args: argparse.Namespace) -> dict[str, OffPolicyAlgorithm]:
+    common = dict(
+        learning_starts=args.learn_starts,
+        batch_size=args.batch_size,
+        policy_kwargs=dict(net_arch=list(args.net_arch)),
+        device=args.device,
+        seed=args.seed,
+    )
+    models: dict[str, OffPolicyAlgorithm] = {
+        LEARN_BASELINE: SAC("MlpPolicy", args.learn_env, ent_coef="auto", **common),
+        "SAC-ERA learn() (truncated)": ERASAC(
+            "MlpPolicy", args.learn_env, action_distribution="truncated", **common
+        ),
+    }
+    for model in models.values():
+        model.set_logger(Logger(folder=None, output_formats=[]))
+    return models
+
+
+def _gradient_steps_per_second(
+    model: OffPolicyAlgorithm, gradient_steps: int, batch_size: int, clock: Callable[[], float]
+) -> float:
+    start = clock()
     model.train(gradient_steps=gradient_steps, batch_size=batch_size)
-    return gradient_steps / (time.perf_counter() - start)
+    return gradient_steps / (clock() - start)
 
 
-def _env_steps_per_second(model: BaseAlgorithm, steps: int) -> float:
-    start = time.perf_counter()
+def _env_steps_per_second(model: BaseAlgorithm, steps: int, clock: Callable[[], float]) -> float:
+    start = clock()
     model.learn(total_timesteps=steps, reset_num_timesteps=False)
-    return steps / (time.perf_counter() - start)
+    return steps / (clock() - start)
 
 
 def _interleaved(measures: dict[str, Callable[[], float]], repeats: int) -> dict[str, list[float]]:
@@ -160,9 +188,20 @@ def main() -> None:
     parser.add_argument("--buffer-states", type=int, default=10_000, help="size of the fixed replay buffer")
     parser.add_argument("--ppo-net-arch", type=int, nargs="+", default=[64, 64], help="PPO networks (SB3's)")
     parser.add_argument("--ppo-steps", type=int, default=2048, help="PPO rollout length = steps per timing")
+    parser.add_argument("--learn-env", default="Hopper-v5", help="env of the whole-learn() comparison")
+    parser.add_argument("--learn-steps", type=int, default=500, help="SAC learn() env steps per timing")
+    parser.add_argument(
+        "--learn-starts", type=int, default=1000, help="SAC learning_starts (the warm-up covers them)"
+    )
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--clock",
+        choices=("auto", *CLOCKS),
+        default="auto",
+        help="auto: CPU time on a CPU, wall clock on a GPU",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--groups", nargs="+", choices=GROUPS, default=list(GROUPS), help="which comparisons to run"
@@ -170,6 +209,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/sb3_throughput.json"))
     args = parser.parse_args()
     th.set_num_threads(args.threads)
+    if args.clock == "auto":
+        args.clock = "cpu" if args.device == "cpu" else "wall"
+    clock = CLOCKS[args.clock]
 
     rows = []
     if "off-policy" in args.groups:
@@ -178,7 +220,7 @@ def main() -> None:
             {
                 name: (
                     lambda model=model: _gradient_steps_per_second(
-                        model, args.gradient_steps, args.batch_size
+                        model, args.gradient_steps, args.batch_size, clock
                     )
                 )
                 for name, model in off_policy.items()
@@ -190,22 +232,40 @@ def main() -> None:
         on_policy = _on_policy_models(args)
         on_samples = _interleaved(
             {
-                name: (lambda model=model: _env_steps_per_second(model, args.ppo_steps))
+                name: (lambda model=model: _env_steps_per_second(model, args.ppo_steps, clock))
                 for name, model in on_policy.items()
             },
             args.repeats,
         )
         rows += _rows("on-policy", "env steps/s", on_samples, ON_POLICY_BASELINE, None)
+    if "off-policy-learn" in args.groups:
+        learners = _learn_models(args)
+        # The first call (the warm-up) also fills the buffer past learning_starts.
+        learn_samples = _interleaved(
+            {
+                name: (
+                    lambda model=model: _env_steps_per_second(
+                        model, args.learn_steps if model.num_timesteps else args.learn_starts, clock
+                    )
+                )
+                for name, model in learners.items()
+            },
+            args.repeats,
+        )
+        rows += _rows("off-policy-learn", "env steps/s", learn_samples, LEARN_BASELINE, None)
 
-    header = f"{'model':<22} {'metric':<17} {'median':>9} {'vs baseline':>12} {'vs ent_coef=0':>14} {'within 2%':>10}"
-    print(f"{args.env}, {args.repeats} interleaved repeats, {args.threads} thread(s), device {args.device}")
+    header = f"{'model':<28} {'metric':<17} {'median':>9} {'vs baseline':>12} {'vs ent_coef=0':>14} {'within 2%':>10}"
+    print(
+        f"{args.env} (learn(): {args.learn_env}), {args.repeats} interleaved repeats, {args.threads} thread(s), "
+        f"device {args.device}, {args.clock} clock"
+    )
     print(header)
     print("-" * len(header))
     for row in rows:
         control = "" if row["ratio_vs_control"] is None else f"{row['ratio_vs_control']:.3f}"
         within = str(row["ratio_vs_baseline"] >= GOAL_RATIO) if "ERA" in row["model"] else ""
         print(
-            f"{row['model']:<22} {row['metric']:<17} {row['median']:>9.1f} {row['ratio_vs_baseline']:>12.3f} "
+            f"{row['model']:<28} {row['metric']:<17} {row['median']:>9.1f} {row['ratio_vs_baseline']:>12.3f} "
             f"{control:>14} {within:>10}"
         )
 
@@ -214,7 +274,11 @@ def main() -> None:
         "config": {
             key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()
         },
-        "baselines": {"off-policy": OFF_POLICY_BASELINE, "on-policy": ON_POLICY_BASELINE},
+        "baselines": {
+            "off-policy": OFF_POLICY_BASELINE,
+            "on-policy": ON_POLICY_BASELINE,
+            "off-policy-learn": LEARN_BASELINE,
+        },
         "control": {"off-policy": OFF_POLICY_CONTROL},
         "goal_ratio": GOAL_RATIO,
         "results": rows,

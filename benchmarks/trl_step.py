@@ -18,8 +18,8 @@ step: `torch.cuda.max_memory_allocated` on a GPU, the PyTorch profiler's memory 
 CPU. Offline and self-contained (random-init model, locally
 trained tokenizer)::
 
-    python benchmarks/trl_step.py                                   # CPU, small model
-    python benchmarks/trl_step.py --device cuda --preset qwen2-0.5b # GPU, Qwen2-0.5B shape, bf16
+    PYTHONPATH=. python benchmarks/trl_step.py                                   # CPU, small model
+    PYTHONPATH=. python benchmarks/trl_step.py --device cuda --preset qwen2-0.5b # GPU, Qwen2-0.5B shape, bf16
 """
 
 from __future__ import annotations
@@ -181,14 +181,16 @@ def measure(args: argparse.Namespace) -> list[dict]:
         trainers = {mode: build_trainer(mode, model, preset, args.device, output_dir) for mode in args.modes}
         batch = fixed_batch(preset, preset["config"]["vocab_size"], args.device)
 
+        clock = time.process_time if args.clock == "cpu" else time.perf_counter
+
         def step(trainer) -> float:
             if cuda:
                 torch.cuda.synchronize()
-            start = time.perf_counter()
+            start = clock()
             trainer.compute_loss(model, batch).backward()
             if cuda:
                 torch.cuda.synchronize()
-            elapsed = time.perf_counter() - start
+            elapsed = clock() - start
             model.zero_grad(set_to_none=True)
             return elapsed
 
@@ -235,7 +237,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads per process")
     parser.add_argument("--out", type=Path, default=None, help="JSON path (default benchmarks/results/...)")
+    parser.add_argument(
+        "--clock",
+        choices=["auto", "wall", "cpu"],
+        default="auto",
+        help="auto: the process's CPU time on a CPU (other programs on shared cores do not count), wall on a GPU",
+    )
     args = parser.parse_args()
+    if args.clock == "auto":
+        args.clock = "cpu" if args.device == "cpu" else "wall"
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     results = measure(args)
 
@@ -254,7 +264,7 @@ def main() -> None:
     print(
         f"ERA vs GRPO training step (compute_loss + backward), preset {args.preset} on {device_name}: "
         f"batch {preset['batch']} x (prompt {preset['prompt_length']} + completion {preset['completion_length']}), "
-        f"vocab {preset['config']['vocab_size']}, {preset['dtype']}, median of {args.repeats}"
+        f"vocab {preset['config']['vocab_size']}, {preset['dtype']}, median of {args.repeats}, {args.clock} clock"
     )
     print(
         f"{'mode':<12} {'time [s]':>9} {'x grpo':>7} {'peak [MiB]':>11} {'x grpo':>7} {'peak+ [MiB]':>12} {'x grpo':>7}  rescaled"
@@ -278,6 +288,7 @@ def main() -> None:
         "warmup": args.warmup,
         "repeats": args.repeats,
         "threads": args.threads,
+        "clock": args.clock,
         "command": "python " + " ".join(sys.argv),
         "results": results,
     }

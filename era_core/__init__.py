@@ -12,13 +12,17 @@ from era_core.gaussian import (
     resolve_target_entropy,
 )
 from era_core.llm import (
+    OUTSIDE_TOPK_LOGPROB,
     categorical_entropy,
     check_response_era_args,
     logit_factors_from_response_entropy,
+    rescalable_responses,
+    response_factor_values,
     response_logit_factors,
     scaled_advantages,
     scaled_token_logprobs,
     top_entropy_mean,
+    topk_token_logprob,
 )
 from era_core.softmax import (
     SoftmaxERA,
@@ -29,6 +33,7 @@ from era_core.softmax import (
 from era_core.truncated_normal import TruncatedNormal, ndtri_exp
 
 __all__ = [
+    "OUTSIDE_TOPK_LOGPROB",
     "BatchGaussianERA",
     "GaussianERA",
     "SoftmaxERA",
@@ -41,11 +46,14 @@ __all__ = [
     "logit_factors_from_response_entropy",
     "max_feasible_target",
     "ndtri_exp",
+    "rescalable_responses",
     "resolve_target_entropy",
+    "response_factor_values",
     "response_logit_factors",
     "scaled_advantages",
     "scaled_token_logprobs",
     "softmax_era_feasible_range",
     "softmax_era_logits",
     "top_entropy_mean",
+    "topk_token_logprob",
 ]

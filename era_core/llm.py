@@ -6,6 +6,9 @@ import math
 
 import torch
 
+#: Log-prob given to a sampled token outside the top-k logits (spec 3.6; the authors' value).
+OUTSIDE_TOPK_LOGPROB = -1e4
+
 
 def _check_top_fraction(top_fraction: float) -> None:
     if not 0.0 < top_fraction <= 1.0:
@@ -77,14 +80,37 @@ def logit_factors_from_response_entropy(
     :param non_empty: ``(B,)`` bool, responses with at least one token (the others get factor 1).
     """
     check_response_era_args(lb, ub, k)
+    eligible = rescalable_responses(advantages, non_empty, adv_threshold)
+    sharpen, flatten = response_factor_values(k)
+    ones = torch.ones_like(h_resp)
+    factors = torch.where(eligible & (h_resp < lb), ones * sharpen, ones)
+    return torch.where(eligible & (h_resp > ub), ones * flatten, factors)
+
+
+def rescalable_responses(
+    advantages: torch.Tensor, non_empty: torch.Tensor, adv_threshold: float = 0.0
+) -> torch.Tensor:
+    """Spec 3.3: ``(B,)`` bool, the responses whose factor may differ from 1, whatever their entropy.
+
+    :param advantages: ``(B,)`` advantages, or ``(B, T)`` per-token ones (the first response token is read).
+    :param non_empty: ``(B,)`` bool, responses with at least one token.
+    """
     if advantages.dim() == 2:
         advantages = advantages[:, 0]
-    if advantages.shape != h_resp.shape:
-        raise ValueError(f"advantages must be (B,) with B={h_resp.shape[0]}, got {tuple(advantages.shape)}")
-    eligible = (advantages > adv_threshold) & non_empty
-    ones = torch.ones_like(h_resp)
-    factors = torch.where(eligible & (h_resp < lb), ones * k, ones)
-    return torch.where(eligible & (h_resp > ub), ones / k, factors)
+    if advantages.shape != non_empty.shape:
+        raise ValueError(
+            f"advantages must be (B,) with B={non_empty.shape[0]}, got {tuple(advantages.shape)}"
+        )
+    return (advantages > adv_threshold) & non_empty
+
+
+def response_factor_values(k: float) -> tuple[float, float]:
+    """The sharpening and flattening factors ``(k, 1/k)`` exactly as the float32 factors hold them.
+
+    Adapters that compare factors with these values, or scale logits by them, use this one definition.
+    """
+    sharpen = torch.tensor(k, dtype=torch.float32)
+    return sharpen.item(), (1.0 / sharpen).item()
 
 
 def check_response_era_args(lb: float, ub: float, k: float, top_fraction: float = 0.2) -> None:
@@ -124,6 +150,27 @@ def scaled_token_logprobs(
     picked = scaled.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
     if topk is None:
         return picked - torch.logsumexp(scaled, dim=-1)
-    top = scaled.topk(topk, dim=-1).values
-    in_top = picked >= top[..., -1]
-    return torch.where(in_top, picked - torch.logsumexp(top, dim=-1), torch.full_like(picked, -1e4))
+    top, top_indices = scaled.topk(topk, dim=-1)
+    return topk_token_logprob(picked, top, (top_indices == tokens.unsqueeze(-1)).any(dim=-1))
+
+
+def topk_token_logprob(
+    picked: torch.Tensor, top: torch.Tensor, picked_among_top: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Spec 3.6: the sampled token's log-prob renormalised over the ``k`` largest (scaled) logits.
+
+    A token is inside when it is one of the ``k`` selected indices or when its logit ties with or exceeds the
+    ``k``-th largest (so ties count as inside whichever index a top-k search kept); outside, it gets
+    :data:`OUTSIDE_TOPK_LOGPROB`.
+
+    :param picked: ``(...)`` scaled logit of the sampled token.
+    :param top: ``(..., k)`` the ``k`` largest scaled logits.
+    :param picked_among_top: ``(...)`` bool, whether the sampled token's index is among the selected ones.
+    :return: ``(...)`` log-probs.
+    """
+    inside = picked >= top.min(dim=-1).values
+    if picked_among_top is not None:
+        inside = inside | picked_among_top
+    return torch.where(
+        inside, picked - torch.logsumexp(top, dim=-1), torch.full_like(picked, OUTSIDE_TOPK_LOGPROB)
+    )

@@ -8,6 +8,7 @@ the CDF differences never cancel, and quantiles are taken with :func:`ndtri_exp`
 
 from __future__ import annotations
 
+import functools
 import math
 from numbers import Number
 
@@ -50,8 +51,9 @@ def ndtri_exp(log_p: torch.Tensor) -> torch.Tensor:
     z = torch.special.ndtri(torch.where(upper_half, -torch.expm1(safe), torch.exp(safe)))
     x = torch.where(upper_half, -z, z)
     # Deep lower tail (p below the dtype's smallest normal; only for locations far outside the support):
-    # asymptotic start, then Newton on log Phi(x) = log_p. Skipped when no element needs it.
-    if bool(deep_tail.any()):
+    # asymptotic start, then Newton on log Phi(x) = log_p. On a CPU it is skipped when no element needs it;
+    # on an accelerator that test would be a host sync, so the branch is always computed there.
+    if log_p.device.type != "cpu" or bool(deep_tail.any()):
         lp_tail = torch.where(deep_tail, log_p, torch.full_like(log_p, 2.0 * tiny_log))
         t = -2.0 * lp_tail
         x_tail = -torch.sqrt(t - torch.log(t) - math.log(2.0 * math.pi))
@@ -60,6 +62,56 @@ def ndtri_exp(log_p: torch.Tensor) -> torch.Tensor:
             x_tail = x_tail - (log_cdf - lp_tail) * torch.exp(log_cdf - _log_normal_pdf(x_tail))
         x = torch.where(deep_tail, x_tail, x)
     return x
+
+
+def _standard_quantile(
+    alpha: torch.Tensor, beta: torch.Tensor, log_z: torch.Tensor, value: torch.Tensor
+) -> torch.Tensor:
+    """``Phi^-1(Phi(alpha) + value * Z)``, the standardised quantile, mirrored in the upper tail."""
+    mirrored = (alpha + beta) > 0
+    # In the mirror image the quantile 1 - value of -X is taken from the lower bound -beta.
+    start = torch.where(mirrored, -beta, alpha)
+    fraction = torch.where(mirrored, 1.0 - value, value)
+    tiny = torch.finfo(fraction.dtype).tiny
+    log_p = torch.logaddexp(torch.special.log_ndtr(start), torch.log(fraction.clamp_min(tiny)) + log_z)
+    z = ndtri_exp(log_p.clamp(max=-tiny))
+    return torch.where(mirrored, -z, z)
+
+
+class _ReparameterizedSample(torch.autograd.Function):
+    """``x = loc + scale * Phi^-1(Phi(alpha) + u * Z)`` with its gradient in closed form (spec 1.1).
+
+    Differentiating ``Phi((x - loc) / scale) = (1 - u) Phi(alpha) + u Phi(beta)`` gives, with ``z = (x - loc) /
+    scale``, ``w_a = (1 - u) phi(alpha) / phi(z)`` and ``w_b = u phi(beta) / phi(z)``:
+    ``dx/dloc = 1 - w_a - w_b`` and ``dx/dscale = z - alpha w_a - beta w_b``. The forward records no graph and
+    the backward is two products, instead of differentiating the few dozen operations of the quantile.
+    """
+
+    @staticmethod
+    def forward(ctx, loc, scale, u, low, high, standardized_bounds=None):
+        if standardized_bounds is None:
+            alpha, beta = (low - loc) / scale, (high - loc) / scale
+            log_z = log_ndtr_diff(beta, alpha)
+        else:  # (alpha, beta, log Z), already computed by the distribution
+            alpha, beta, log_z = standardized_bounds
+        z = _standard_quantile(alpha, beta, log_z, u)
+        raw = loc + scale * z
+        x = raw.clamp(low, high)
+        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+            log_pdf_z = _log_normal_pdf(z)
+            w_a = torch.exp(torch.log1p(-u) + _log_normal_pdf(alpha) - log_pdf_z)
+            w_b = torch.exp(torch.log(u) + _log_normal_pdf(beta) - log_pdf_z)
+            # A clamped sample does not move with the parameters (as the clamp's own gradient says).
+            inside = ((raw >= low) & (raw <= high)).to(x.dtype)
+            ctx.save_for_backward(inside * (1.0 - w_a - w_b), inside * (z - alpha * w_a - beta * w_b))
+        return x
+
+    @staticmethod
+    def backward(ctx, grad_x):
+        dx_dloc, dx_dscale = ctx.saved_tensors
+        grad_loc = grad_x * dx_dloc if ctx.needs_input_grad[0] else None
+        grad_scale = grad_x * dx_dscale if ctx.needs_input_grad[1] else None
+        return grad_loc, grad_scale, None, None, None, None
 
 
 class TruncatedNormal(Distribution):
@@ -105,9 +157,19 @@ class TruncatedNormal(Distribution):
         self.loc, self.scale, self.low, self.high = params
         batch_shape = torch.Size() if all(isinstance(v, Number) for v in (loc, scale)) else self.loc.shape
         super().__init__(batch_shape=batch_shape, validate_args=validate_args)
-        self._alpha = (self.low - self.loc) / self.scale
-        self._beta = (self.high - self.loc) / self.scale
-        self._log_z = log_ndtr_diff(self._beta, self._alpha)
+
+    # Computed on first use: a distribution that is only sampled (rsample computes its own) never needs them.
+    @functools.cached_property
+    def _alpha(self) -> torch.Tensor:
+        return (self.low - self.loc) / self.scale
+
+    @functools.cached_property
+    def _beta(self) -> torch.Tensor:
+        return (self.high - self.loc) / self.scale
+
+    @functools.cached_property
+    def _log_z(self) -> torch.Tensor:
+        return log_ndtr_diff(self._beta, self._alpha)
 
     @constraints.dependent_property(is_discrete=False, event_dim=0)
     def support(self) -> constraints.Constraint:
@@ -164,20 +226,21 @@ class TruncatedNormal(Distribution):
     def icdf(self, value: torch.Tensor) -> torch.Tensor:
         """Quantile: ``loc + scale * Phi^-1(Phi(alpha) + value * Z)``, mirrored in the upper tail."""
         value = torch.as_tensor(value, dtype=self.loc.dtype, device=self.loc.device)
-        mirrored = (self._alpha + self._beta) > 0
-        # In the mirror image the quantile 1 - value of -X is taken from the lower bound -beta.
-        start = torch.where(mirrored, -self._beta, self._alpha)
-        fraction = torch.where(mirrored, 1.0 - value, value)
-        tiny = torch.finfo(fraction.dtype).tiny
-        log_p = torch.logaddexp(
-            torch.special.log_ndtr(start), torch.log(fraction.clamp_min(tiny)) + self._log_z
-        )
-        z = ndtri_exp(log_p.clamp(max=-tiny))
-        x = self.loc + self.scale * torch.where(mirrored, -z, z)
+        x = self.loc + self.scale * _standard_quantile(self._alpha, self._beta, self._log_z, value)
         return x.clamp(self.low, self.high).to(self._out_dtype)
 
     def rsample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+        """Reparameterised sample, ``icdf(u)`` for ``u ~ Uniform(eps, 1 - eps)``, with a closed-form gradient."""
         shape = self._extended_shape(sample_shape)
         eps = torch.finfo(self.loc.dtype).eps
         u = torch.rand(shape, dtype=self.loc.dtype, device=self.loc.device).clamp(eps, 1.0 - eps)
-        return self.icdf(u)
+        low, high = (v.expand(shape) if isinstance(v, torch.Tensor) else v for v in (self.low, self.high))
+        # Without gradient (e.g. a rollout) the distribution's own alpha, beta and log Z are computed once and
+        # shared with a later log_prob; with gradient they are computed without a graph inside the Function.
+        bounds = None
+        if not torch.is_grad_enabled():
+            bounds = tuple(t.expand(shape) for t in (self._alpha, self._beta, self._log_z))
+        x = _ReparameterizedSample.apply(
+            self.loc.expand(shape), self.scale.expand(shape), u, low, high, bounds
+        )
+        return x.to(self._out_dtype)

@@ -103,6 +103,25 @@ class _ERAOffPolicyAlgorithm(_ERALoggingMixin):
             **kwargs,
         )
 
+    def _log_prob_unread(self) -> bool:
+        """Whether ``train()`` reads the sampled actions' log-probabilities only to multiply them by zero.
+
+        True for a fixed ``ent_coef=0`` (no temperature to learn) without a learned ``delta``: the actor loss and
+        the critic target then hold ``0 * log_prob``, which the shortcut replaces by ``0 * 0``.
+        """
+        return (
+            self.ent_coef_optimizer is None
+            and self.ent_coef_tensor.item() == 0.0
+            and not self.actor.era_kwargs["learn_delta"]
+        )
+
+    def train(self, gradient_steps: int, batch_size: int = 64) -> None:
+        self.actor.log_prob_unread = self._log_prob_unread()
+        try:
+            super().train(gradient_steps, batch_size)
+        finally:
+            self.actor.log_prob_unread = False
+
 
 _OFF_POLICY_DOC = """
     {host} with ERA (Entropy Regularizing Activation): the actor's entropy stays above a floor by

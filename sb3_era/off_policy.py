@@ -123,6 +123,8 @@ class ERAActorMixin:
             floor_momentum=floor_momentum,
         )
         self._pending_compensation: dict[str, th.Tensor] | None = None
+        # Set by the ERA algorithms around ``train()`` while nothing reads the log-probabilities there.
+        self.log_prob_unread = False
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()
@@ -150,6 +152,20 @@ class ERAActorMixin:
         return mean_actions, self._era_log_std(self.log_std(latent_pi)), {}
 
     def action_log_prob(self, obs: PyTorchObs) -> tuple[th.Tensor, th.Tensor]:
+        """
+        Sample actions and their log-probabilities (SB3's ``action_log_prob``).
+
+        While ``log_prob_unread`` is set (a fixed ``ent_coef=0`` and no learned ``delta``: the host's ``train()``
+        only multiplies the log-probabilities by zero), the log-probabilities are not computed and zeros are
+        returned: the losses and every gradient are the same, bit for bit.
+
+        :param obs: Observation
+        :return: Sampled actions and their log-probabilities (or zeros, see above)
+        """
+        if self.log_prob_unread:
+            mean_actions, log_std, kwargs = self.get_action_dist_params(obs)
+            actions = self.action_dist.actions_from_params(mean_actions, log_std, **kwargs)
+            return actions, actions.new_zeros(actions.shape[0])
         actions, log_prob = super().action_log_prob(obs)
         if self._pending_compensation is not None:
             slot, self._pending_compensation = self._pending_compensation, None

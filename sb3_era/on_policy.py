@@ -184,10 +184,27 @@ class ERAActorCriticMixin:
         mean_actions = self.action_net(latent_pi)
         if isinstance(self.action_space, spaces.Discrete):
             return self.action_dist.proba_distribution(action_logits=self.logits_era(mean_actions))
-        pre_activation = (
-            self.log_std_net(latent_pi) if self.era_kwargs["state_dependent_std"] else self.log_std
-        )
-        return self.action_dist.proba_distribution(mean_actions, self.log_std_era(pre_activation))
+        if self.era_kwargs["state_dependent_std"]:
+            log_std = self.log_std_era(self.log_std_net(latent_pi))
+        else:
+            log_std = self._state_independent_log_std()
+        return self.action_dist.proba_distribution(mean_actions, log_std)
+
+    def _state_independent_log_std(self) -> th.Tensor:
+        """ERA applied to the ``log_std`` vector; without gradient (rollouts), reused until a parameter changes.
+
+        A rollout builds one distribution per env step from the same ``log_std``, which only changes when the
+        optimizer (or ``load_state_dict``, ``.to(...)``) writes to it: the cache is keyed on the storage and the
+        in-place version counter of ``log_std`` and of every parameter and buffer of the ERA module.
+        """
+        if th.is_grad_enabled():
+            return self.log_std_era(self.log_std)
+        tensors = (self.log_std, *self.log_std_era.parameters(), *self.log_std_era.buffers())
+        key = tuple((t.data_ptr(), t._version) for t in tensors)
+        cached = getattr(self, "_log_std_cache", None)
+        if cached is None or cached[0] != key:
+            cached = self._log_std_cache = (key, self.log_std_era(self.log_std))
+        return cached[1]
 
     def entropy_floor(self) -> float:
         """The floor ERA guarantees: on the Gaussian entropy (``Box``) or the categorical entropy."""

@@ -12,7 +12,12 @@ from trl.extras.profiling import profiling_decorator
 from trl.models.utils import _ForwardRedirection
 from trl.trainer.utils import get_config_model_id
 
-from era_core import logit_factors_from_response_entropy, scaled_advantages, top_entropy_mean
+from era_core import (
+    logit_factors_from_response_entropy,
+    rescalable_responses,
+    scaled_advantages,
+    top_entropy_mean,
+)
 from trl_era.era_grpo_config import ERAGRPOConfig
 from trl_era.logprobs import ScaledLogProbHead, capture_last_hidden_state
 
@@ -43,8 +48,9 @@ class ERAGRPOTrainer(GRPOTrainer):
     without an entropy bonus. TRL's loss types, clip-higher (`epsilon_high`), GSPO
     (`importance_sampling_level="sequence"`), `top_entropy_quantile` and the entropy bonus act on top, unchanged.
 
-    The log-probabilities stay chunked as in TRL: TRL's fused LM head scores every response once (giving the
-    entropies), and only the rescaled responses are scored a second time, from the same hidden states. The loss's
+    The log-probabilities stay chunked as in TRL, in one pass over the vocabulary: TRL's fused LM head scores every
+    response once (giving the entropies), and the same logit tiles give the responses that may be rescaled their
+    log-probs at both ERA temperatures, so rescaling costs no second LM-head pass. The loss's
     forward runs inside the wrapped model's forward, so DDP, DeepSpeed ZeRO-3 and FSDP see their usual calls.
 
     Logged metrics (beside TRL's): `era/top_entropy_mean` (mean response entropy `H_r`), `era/frac_below_lb`,
@@ -107,7 +113,6 @@ class ERAGRPOTrainer(GRPOTrainer):
             temperature=self.temperature,
             k=args.era_k,
             topk=args.era_topk_logits,
-            cast_lm_head_to_fp32=args.cast_lm_head_to_fp32,
         )
         self._forward_redirection = _ForwardRedirection()
         # The inputs of the loss being computed: set by `_compute_loss`, read and updated by the log-prob pass.
@@ -161,7 +166,7 @@ class ERAGRPOTrainer(GRPOTrainer):
         for start in range(0, input_ids.size(0), batch_size):
             rows = slice(start, start + batch_size)
             # Runs inside the wrapper's forward, like TRL's `model(...)` call: DDP prepares its gradient reduction,
-            # ZeRO-3 and FSDP keep the parameters gathered for the second scoring of the rescaled responses.
+            # ZeRO-3 and FSDP keep the parameters gathered for the ERA scoring (the top-k pass).
             with self.accelerator.autocast():
                 chunks.append(
                     self._forward_redirection(
@@ -210,23 +215,29 @@ class ERAGRPOTrainer(GRPOTrainer):
         patched_model = (
             unwrapped_model.get_base_model() if is_peft_model(unwrapped_model) else unwrapped_model
         )
-        with capture_last_hidden_state(patched_model) as captured:
+        args = self.args
+        non_empty = mask.bool().any(dim=-1)
+        # The responses that may be rescaled are scored at both factors in the same pass over the vocabulary.
+        rescalable = rescalable_responses(advantages, non_empty, args.era_adv_threshold)
+        with (
+            capture_last_hidden_state(patched_model) as captured,
+            self._era_head.one_pass(labels, rescalable) as scoring,
+        ):
             outputs = unwrapped_model(**model_inputs, labels=labels, fused_lm_head=True)
         logps = outputs.log_probs[:, -logits_to_keep:]
         entropies = outputs.entropy[:, -logits_to_keep:]
-        args = self.args
         detached_entropies = entropies.detach()
         h_resp = top_entropy_mean(detached_entropies, mask, args.era_top_fraction)
         factors = logit_factors_from_response_entropy(
             h_resp,
-            mask.bool().any(dim=-1),
+            non_empty,
             advantages,
             lb=args.era_lb,
             ub=args.era_ub,
             k=args.era_k,
             adv_threshold=args.era_adv_threshold,
         )
-        era_logps = self._era_head(captured["last_hidden_state"], labels, factors, logps)
+        era_logps = self._era_head(captured["last_hidden_state"], labels, factors, logps, scoring)
         return era_logps, entropies, h_resp, factors, outputs.aux_loss
 
     def _log_era_metrics(self, h_resp: torch.Tensor, factors: torch.Tensor, non_empty: torch.Tensor) -> None:

@@ -4,10 +4,12 @@ ERA reads every sampled token's log-prob from ``log_softmax(c_r * logits / T)``,
 response. TRL 1.16 never builds the ``(B, T, V)`` logits: its fused LM head (`trl.trainer.add_fused_lm_head`)
 projects the backbone's hidden states through the LM head in vocabulary tiles. ERA keeps that property:
 
-- ``c_r * logits / T == logits / (T / c_r)``, so a response with ``c_r != 1`` is scored by TRL's own fused head
-  at the temperature ``T / c_r``, on that response's hidden states only (the rows with ``c_r == 1`` keep TRL's
-  log-probs unchanged). Softcapping, logit scaling, ``cast_lm_head_to_fp32``, FSDP2 and ZeRO-3 are handled by
-  TRL's head, since it is TRL's code that runs.
+- ``c_r`` depends on the response's entropy, which the same pass computes, so the rows that may be rescaled
+  (positive advantage) also get the log-sum-exp at ``T / k`` and ``T * k`` from the very logit tiles TRL's head
+  folds (:class:`_TwoTemperatureLogProbs`): one pass over the vocabulary for every response, and each row then
+  reads its log-probs at its own factor (the rows with ``c_r == 1`` keep TRL's log-probs, bit for bit).
+  Softcapping, logit scaling, ``cast_lm_head_to_fp32``, FSDP2 and ZeRO-3 are handled by TRL's forward, since it
+  is TRL's code that runs; only its tile function is swapped for the duration of that forward.
 - the top-k variant (spec 3.6) needs the ``k`` largest logits of each token, which TRL's kernel does not
   produce: :func:`topk_token_logprobs` finds them tile by tile without gradient, then recomputes only those
   ``k`` logits (and the sampled token's) with gradient, so no tile of the logits is kept for the backward.
@@ -15,19 +17,22 @@ projects the backbone's hidden states through the LM head in vocabulary tiles. E
 
 from __future__ import annotations
 
-import copy
+import bisect
+import math
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 import torch
 from torch import nn
 from torch.distributed.tensor import DTensor
 from transformers import PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutput
-from trl.trainer.utils import add_fused_lm_head, maybe_gather_lm_head_ctx
+from trl.kernels import chunked_logprob as _trl_kernels
+from trl.trainer import utils as _trl_utils
+from trl.trainer.utils import maybe_gather_lm_head_ctx
 
-#: Log-prob given to a sampled token outside the top-k logits (spec 3.6; the authors' value).
-OUTSIDE_TOPK_LOGPROB = -1e4
+from era_core import response_factor_values, topk_token_logprob
+
 #: Config fields through which transformers models rescale or softcap their logits after the LM head.
 LOGIT_TRANSFORM_FIELDS = (
     "final_logit_softcapping",
@@ -40,14 +45,17 @@ _TOKEN_CHUNK_SIZE = 4096
 _VOCAB_CHUNK_SIZE = 32768
 # Tokens whose gathered `(k + 1, H)` LM-head rows are held at once (float32: 1024 * 21 * 896 * 4 B = 77 MB).
 _GATHER_CHUNK_SIZE = 1024
+# Rows of a logit tile processed at once for the rescaled log-probs (float32 temporaries of 128 x 32768 x 4 B =
+# 16 MB, fewer than TRL's fold of the whole tile holds).
+_RESCALED_ROW_CHUNK_SIZE = 128
 
 
 @contextmanager
 def capture_last_hidden_state(model: PreTrainedModel) -> Iterator[dict[str, torch.Tensor]]:
     """Record the ``last_hidden_state`` that ``model``'s backbone (``model.base_model``) returns while inside.
 
-    TRL's fused LM head calls the backbone and keeps the hidden states to itself; ERA needs them to score the
-    rescaled responses a second time without running the backbone again.
+    TRL's fused LM head calls the backbone and keeps the hidden states to itself; the top-k mode needs them to
+    score every response's top logits without running the backbone again.
 
     :param model: the (TRL-patched) causal LM, not a PEFT wrapper.
     :return: a dict that holds ``"last_hidden_state"`` after the forward ran.
@@ -64,41 +72,357 @@ def capture_last_hidden_state(model: PreTrainedModel) -> Iterator[dict[str, torc
         handle.remove()
 
 
-class _TemperedFusedLMHead:
-    """TRL's fused LM head of ``model`` at another temperature, fed with hidden states instead of a backbone.
+class _TwoTemperatureLogProbs(torch.autograd.Function):
+    """TRL's `ChunkedLogProbFunction`, plus the sampled tokens' log-probs at the temperatures ``T / c`` for two
+    factors ``c`` on the rows that may be rescaled, from the same logit tiles (one pass over the vocabulary).
 
-    `add_fused_lm_head` reads the backbone (``base_model``), the head (``get_output_embeddings()``) and the
-    logit transforms (``config``) from the object it patches, so this object lends it the model's head and
-    config and returns the given hidden states as the backbone output.
+    Every tile is projected and folded by TRL's own code (its Triton kernel on GPUs, its torch fold elsewhere), so
+    the outputs at ``T`` are TRL's, bit for bit. On the rescalable rows the same tile also feeds the running sums
+    ``sum_v exp(c (z_v - m))``, where ``z = transform(logits) / T`` and ``m`` is TRL's running max, so that
+    ``log_softmax(c z)`` of the label is ``c z_label - c m - log(sum)``. The backward recomputes each tile as TRL's
+    does; before TRL's fold turns it into the gradient, the rescalable rows add
+    ``g (onehot - softmax(c z)) c dz/dlogits``, with ``c`` the factor whose output has a gradient on that row
+    (the caller selects one factor per row, so the other's gradient is zero there).
     """
 
-    def __init__(self, model: PreTrainedModel, temperature: float, cast_lm_head_to_fp32: bool) -> None:
-        self._model = model
-        self._hidden_states: torch.Tensor | None = None
-        config = model.config.get_text_config()
-        if getattr(config, "output_router_logits", False):
-            # The MoE auxiliary loss comes from TRL's own pass; this head sees no router logits.
-            config = copy.copy(config)
-            config.output_router_logits = False
-        self.config = config
-        add_fused_lm_head(self, temperature=temperature, cast_lm_head_to_fp32=cast_lm_head_to_fp32)
+    @staticmethod
+    def forward(
+        ctx,
+        hidden,
+        weight,
+        bias,
+        targets,
+        rescalable,
+        factors,
+        temperature,
+        chunk_size,
+        softcap,
+        logit_scale,
+        outputs,
+    ):
+        ctx.set_materialize_grads(False)
+        device, n_tokens, vocab = hidden.device, hidden.shape[0], weight.shape[0]
+        compute_dtype = (
+            torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else hidden.dtype
+        )
+        kernel_args = {
+            "logit_scale": logit_scale,
+            "softcap": softcap or 1.0,
+            "inv_t": 1 / temperature,
+            "HAS_SOFTCAP": softcap is not None,
+        }
+        flags = {f"HAS_{name.upper()}": name in outputs for name in _trl_kernels.OPTIONAL_OUTPUTS}
+        stats = {
+            name: torch.full((n_tokens,), value, device=device, dtype=torch.float32)
+            for name, value in (
+                ("running_max", -math.inf),
+                ("sum_exp", 0.0),
+                ("x_sum_exp", 0.0),
+                ("sq_sum_exp", 0.0),
+                ("z_sum", 0.0),
+                ("max_before_target", -math.inf),
+                ("target_logit", 0.0),
+            )
+        }
+        rescaled_rows = rescalable.nonzero().squeeze(-1)
+        factor_t = torch.tensor(factors, device=device, dtype=torch.float32)
+        scaled_sum_exp = torch.zeros(
+            (rescaled_rows.numel(), len(factors)), device=device, dtype=torch.float32
+        )
+        token_chunk = _trl_kernels.TOKEN_CHUNK_SIZE
+        mm_buf = torch.empty((min(n_tokens, token_chunk), chunk_size), device=device, dtype=compute_dtype)
+        use_triton = _trl_kernels._use_triton(device)
+        for token_start in range(0, n_tokens, token_chunk):
+            token_end = min(token_start + token_chunk, n_tokens)
+            n = token_end - token_start
+            hidden_chunk = hidden[token_start:token_end].to(compute_dtype)
+            chunk_rows = ((rescaled_rows >= token_start) & (rescaled_rows < token_end)).nonzero().squeeze(-1)
+            local = rescaled_rows[chunk_rows] - token_start
+            for start in range(0, vocab, chunk_size):
+                end = min(start + chunk_size, vocab)
+                tile = mm_buf[:n, : end - start]
+                torch.mm(hidden_chunk, weight[start:end].to(compute_dtype).t(), out=tile)
+                if bias is not None:
+                    tile.add_(bias[start:end].to(compute_dtype))
+                old_max = stats["running_max"][token_start:token_end][local]
+                fold = _trl_kernels._forward_kernel[(n,)] if use_triton else _trl_kernels._forward_tile
+                fold(
+                    tile,
+                    tile.stride(0),
+                    targets[token_start:token_end],
+                    *(stats[name][token_start:token_end] for name in stats),
+                    start,
+                    end - start,
+                    BLOCK_SIZE=_trl_kernels._BLOCK_SIZE,
+                    **flags,
+                    **kernel_args,
+                )
+                new_max = stats["running_max"][token_start:token_end][local]
+                # The rescalable rows of this tile, a few at a time to bound the float32 temporaries.
+                for rows in torch.arange(local.numel(), device=device).split(_RESCALED_ROW_CHUNK_SIZE):
+                    shifted = _transformed(tile[local[rows]], kernel_args).sub_(new_max[rows, None])
+                    rescale = torch.exp(factor_t * (old_max[rows] - new_max[rows])[:, None])
+                    sums = torch.stack([torch.exp(shifted * factor).sum(-1) for factor in factors], dim=-1)
+                    index = chunk_rows[rows]
+                    scaled_sum_exp[index] = scaled_sum_exp[index] * rescale + sums
 
-    def forward(self, *args, **kwargs):
-        raise TypeError("a tempered fused LM head is only called with fused_lm_head=True")
+        running_max, sum_exp, target_logit = stats["running_max"], stats["sum_exp"], stats["target_logit"]
+        log_z = running_max + torch.log(sum_exp)
+        logprobs = target_logit - log_z
+        entropy = log_z - stats["x_sum_exp"] / sum_exp if "entropy" in outputs else None
+        log_sum_sq = (
+            torch.log(stats["sq_sum_exp"]) - 2 * torch.log(sum_exp) if "log_sum_sq_probs" in outputs else None
+        )
+        mean_logits = stats["z_sum"] / vocab if "mean_logits" in outputs else None
+        is_top1 = (
+            (target_logit >= running_max) & (target_logit > stats["max_before_target"])
+            if "is_top1" in outputs
+            else None
+        )
+        # log_softmax(c z) of the label, on the rescalable rows (zero elsewhere).
+        scaled_log_z = factor_t * running_max[rescaled_rows, None] + torch.log(scaled_sum_exp)
+        scaled_logprobs = torch.zeros((n_tokens, len(factors)), device=device, dtype=torch.float32)
+        scaled_logprobs[rescaled_rows] = factor_t * target_logit[rescaled_rows, None] - scaled_log_z
 
-    def get_output_embeddings(self) -> nn.Module:
-        return self._model.get_output_embeddings()
+        ctx.save_for_backward(
+            hidden,
+            weight,
+            bias,
+            targets,
+            log_z,
+            log_z if entropy is None else entropy,
+            rescaled_rows,
+            scaled_log_z,
+        )
+        ctx.compute_dtype, ctx.chunk_size, ctx.kernel_args, ctx.factors = (
+            compute_dtype,
+            chunk_size,
+            kernel_args,
+            factors,
+        )
+        ctx.mark_non_differentiable(*(x for x in (log_sum_sq, mean_logits, is_top1) if x is not None))
+        return logprobs, entropy, log_sum_sq, mean_logits, is_top1, scaled_logprobs
 
-    def base_model(self, *args, **kwargs) -> BaseModelOutput:
-        return BaseModelOutput(last_hidden_state=self._hidden_states)
+    @staticmethod
+    def backward(ctx, grad_logprobs, grad_entropy, _sq, _mean, _top1, grad_scaled):
+        hidden, weight, bias, targets, log_z, entropy, rescaled_rows, scaled_log_z = ctx.saved_tensors
+        compute_dtype, chunk_size, kernel_args = ctx.compute_dtype, ctx.chunk_size, ctx.kernel_args
+        needs_hidden, needs_weight, needs_bias = ctx.needs_input_grad[:3]
+        n_tokens = hidden.shape[0]
+        use_triton = _trl_kernels._use_triton(hidden.device)
+        factor_t = torch.tensor(ctx.factors, device=hidden.device, dtype=torch.float32)
+        # The rows whose rescaled log-prob has a gradient (none when nothing was rescaled), each at the one factor
+        # the caller selected for it (the other factor's gradient is zero there).
+        active_rows = rescaled_rows[:0]
+        if grad_scaled is not None:
+            grad_scaled = grad_scaled.float()[rescaled_rows]
+            chosen = (grad_scaled != 0).float().argmax(dim=-1, keepdim=True)
+            row_grad = grad_scaled.gather(-1, chosen).squeeze(-1)
+            active = (row_grad != 0).nonzero().squeeze(-1)
+            active_rows, row_grad = rescaled_rows[active], row_grad[active]
+            row_factor = factor_t[chosen.squeeze(-1)[active]]
+            row_log_z = scaled_log_z.gather(-1, chosen).squeeze(-1)[active]
+        with maybe_gather_lm_head_ctx(weight, bias):
+            vocab = weight.shape[0]
+            grad_hidden = (
+                torch.zeros(hidden.shape, device=hidden.device, dtype=torch.float32) if needs_hidden else None
+            )
+            grad_weight = (
+                torch.zeros(weight.shape, device=weight.device, dtype=torch.float32) if needs_weight else None
+            )
+            grad_bias = (
+                torch.zeros(bias.shape, device=bias.device, dtype=torch.float32) if needs_bias else None
+            )
+            token_chunk = _trl_kernels.TOKEN_CHUNK_SIZE
+            mm_buf = torch.empty(
+                (min(n_tokens, token_chunk), chunk_size), device=hidden.device, dtype=compute_dtype
+            )
+            grad_logprobs = grad_logprobs.float().contiguous() if grad_logprobs is not None else None
+            grad_entropy = grad_entropy.float().contiguous() if grad_entropy is not None else None
+            for token_start in range(0, n_tokens, token_chunk):
+                token_end = min(token_start + token_chunk, n_tokens)
+                n = token_end - token_start
+                hidden_chunk = hidden[token_start:token_end].to(compute_dtype)
+                chunk_rows = ((active_rows >= token_start) & (active_rows < token_end)).nonzero().squeeze(-1)
+                local = active_rows[chunk_rows] - token_start
+                # Row blocks of the tile (one block when no row is rescaled, as in TRL): a block's rescaled rows
+                # get their gradient from the logits before TRL's fold overwrites the block, then add it after.
+                local_list = local.tolist()
+                block = _RESCALED_ROW_CHUNK_SIZE if local_list else n
+                for start in range(0, vocab, chunk_size):
+                    end = min(start + chunk_size, vocab)
+                    w_chunk = weight[start:end].to(compute_dtype)
+                    tile = mm_buf[:n, : end - start]
+                    torch.mm(hidden_chunk, w_chunk.t(), out=tile)
+                    if bias is not None:
+                        tile.add_(bias[start:end].to(compute_dtype))
+                    for b0 in range(0, n, block):
+                        b1 = min(b0 + block, n)
+                        picked = slice(bisect.bisect_left(local_list, b0), bisect.bisect_left(local_list, b1))
+                        extra = None
+                        if picked.stop > picked.start:
+                            rows = local[picked]
+                            extra = _scaled_logprob_logit_grad(
+                                tile[rows],
+                                kernel_args,
+                                targets[token_start:token_end][rows] - start,
+                                row_factor[chunk_rows[picked]],
+                                row_log_z[chunk_rows[picked]],
+                                row_grad[chunk_rows[picked]],
+                            )
+                        _trl_backward_fold(
+                            tile[b0:b1],
+                            slice(token_start + b0, token_start + b1),
+                            targets,
+                            log_z,
+                            entropy,
+                            grad_logprobs,
+                            grad_entropy,
+                            start,
+                            end - start,
+                            kernel_args,
+                            use_triton,
+                        )
+                        if extra is not None:
+                            tile.index_put_((rows,), extra.to(tile.dtype), accumulate=True)
+                    if grad_hidden is not None:
+                        _trl_kernels._addmm_fp32(grad_hidden[token_start:token_end], tile, w_chunk)
+                    if grad_weight is not None:
+                        _trl_kernels._addmm_fp32(grad_weight[start:end], tile.t(), hidden_chunk)
+                    if grad_bias is not None:
+                        grad_bias[start:end] += tile.sum(dim=0, dtype=torch.float32)
+        return (
+            grad_hidden.to(hidden.dtype) if grad_hidden is not None else None,
+            grad_weight.to(weight.dtype) if grad_weight is not None else None,
+            grad_bias.to(bias.dtype) if grad_bias is not None else None,
+            *([None] * 8),
+        )
 
-    def __call__(self, hidden_states: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Log-probs ``(N, L - 1)`` of ``labels[:, 1:]`` given ``hidden_states`` ``(N, L, H)`` (``-100``: unscored)."""
-        self._hidden_states = hidden_states
-        try:
-            return self.forward(labels=labels, fused_lm_head=True).log_probs
-        finally:
-            self._hidden_states = None
+
+def _trl_backward_fold(
+    tile,
+    tokens,
+    targets,
+    log_z,
+    entropy,
+    grad_logprobs,
+    grad_entropy,
+    vocab_start,
+    n_cols,
+    kernel_args,
+    use_triton,
+) -> None:
+    """TRL's backward fold (its Triton kernel or torch code) over the rows ``tokens`` of a tile, in place."""
+    fold = (
+        _trl_kernels._backward_kernel[
+            (tile.shape[0], _trl_kernels.triton.cdiv(n_cols, _trl_kernels._BLOCK_SIZE))
+        ]
+        if use_triton
+        else _trl_kernels._backward_tile
+    )
+    fold(
+        tile,
+        tile.stride(0),
+        targets[tokens],
+        log_z[tokens],
+        entropy[tokens],
+        grad_logprobs[tokens] if grad_logprobs is not None else log_z[tokens],
+        grad_entropy[tokens] if grad_entropy is not None else log_z[tokens],
+        vocab_start,
+        n_cols,
+        HAS_LOGPROB_GRAD=grad_logprobs is not None,
+        HAS_ENTROPY_GRAD=grad_entropy is not None,
+        BLOCK_SIZE=_trl_kernels._BLOCK_SIZE,
+        **kernel_args,
+    )
+
+
+def _transformed(tile: torch.Tensor, kernel_args: dict) -> torch.Tensor:
+    """``z = transform(logits) / T`` in float32, as TRL's fold computes it."""
+    return _trl_kernels._torch_transform(
+        tile.float(),
+        kernel_args["logit_scale"],
+        kernel_args["softcap"],
+        kernel_args["inv_t"],
+        kernel_args["HAS_SOFTCAP"],
+    )
+
+
+def _scaled_logprob_logit_grad(
+    tile_rows: torch.Tensor,
+    kernel_args: dict,
+    local_targets: torch.Tensor,
+    factor: torch.Tensor,
+    log_z: torch.Tensor,
+    grad: torch.Tensor,
+) -> torch.Tensor:
+    """``grad * d log_softmax(factor * z)[target] / d logits`` for a few rows of a tile (float32)."""
+    y = tile_rows.float() * kernel_args["logit_scale"]
+    if kernel_args["HAS_SOFTCAP"]:
+        t = torch.tanh(y / kernel_args["softcap"])
+        z = kernel_args["softcap"] * t * kernel_args["inv_t"]
+    else:
+        z = y * kernel_args["inv_t"]
+    p = torch.exp(z * factor[:, None] - log_z[:, None])
+    is_target = torch.arange(z.shape[-1], device=z.device) == local_targets[:, None]
+    out = (is_target.float() - p) * (grad * factor * kernel_args["inv_t"])[:, None]
+    if kernel_args["HAS_SOFTCAP"]:
+        out = out * (1 - t * t)
+    return out * kernel_args["logit_scale"]
+
+
+class _OnePassScoring:
+    """While active, TRL's fused LM head scores with :class:`_TwoTemperatureLogProbs` instead of its own function.
+
+    TRL's patched forward (backbone, shift, compaction of the scored positions, softcapping and logit scale,
+    FSDP2/ZeRO-3 gathering, the MoE auxiliary loss) runs unchanged; only the tile function it calls is swapped, for
+    the one forward inside the ``with`` block. The extra log-probs are read with :meth:`scaled_log_probs`.
+    """
+
+    def __init__(self, labels: torch.Tensor, rescalable: torch.Tensor, factors: tuple[float, float]) -> None:
+        self._mask = labels[:, 1:] != -100
+        self._rescalable_rows = rescalable
+        self._factors = factors
+        self._scaled: torch.Tensor | None = None
+        self._compact = False
+
+    def __enter__(self) -> _OnePassScoring:
+        self._original = _trl_utils._ChunkedLogProbFunction
+        _trl_utils._ChunkedLogProbFunction = self
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        _trl_utils._ChunkedLogProbFunction = self._original
+
+    def apply(self, hidden, weight, bias, targets, temperature, chunk_size, softcap, logit_scale, outputs):
+        """Called by TRL's fused forward in place of ``ChunkedLogProbFunction.apply``, with its arguments."""
+        per_token = self._rescalable_rows.to(self._mask.device)[:, None].expand_as(self._mask)
+        self._compact = targets.shape[0] != self._mask.numel()
+        rescalable = per_token[self._mask] if self._compact else per_token.reshape(-1)
+        if rescalable.shape[0] != targets.shape[0]:
+            raise RuntimeError("TRL's fused LM head scored an unexpected set of positions")
+        *per_token_outputs, self._scaled = _TwoTemperatureLogProbs.apply(
+            hidden,
+            weight,
+            bias,
+            targets,
+            rescalable,
+            self._factors,
+            temperature,
+            chunk_size,
+            softcap,
+            logit_scale,
+            outputs,
+        )
+        return tuple(per_token_outputs)
+
+    def scaled_log_probs(self) -> torch.Tensor:
+        """``(B, L - 1, 2)``: the labels' log-probs at the two factors (zero off the rescalable rows), laid out as
+        TRL lays out its ``log_probs``."""
+        mask = self._mask.unsqueeze(-1).expand(*self._mask.shape, len(self._factors))
+        if self._compact:
+            return self._scaled.new_zeros(mask.shape).masked_scatter(mask, self._scaled)
+        return self._scaled.view(mask.shape).masked_fill(~mask, 0)
 
 
 class _GatheredLogits(torch.autograd.Function):
@@ -218,31 +542,24 @@ def topk_token_logprobs(
             hidden, weight, bias, torch.cat([top_indices, tokens[:, None]], dim=-1)
         )
     logits = logits * scale.to(logits.dtype).unsqueeze(-1)
-    top, picked = logits[:, :k], logits[:, k]
-    in_top = (top_indices == tokens[:, None]).any(dim=-1) | (picked >= top.min(dim=-1).values)
-    outside = torch.full_like(picked, OUTSIDE_TOPK_LOGPROB)
-    return torch.where(in_top, picked - torch.logsumexp(top, dim=-1), outside)
+    return topk_token_logprob(logits[:, k], logits[:, :k], (top_indices == tokens[:, None]).any(dim=-1))
 
 
 class ScaledLogProbHead:
     """Per-token log-probs of the sampled tokens under ``log_softmax(c_r * logits / T)``, one ``c_r`` per row.
 
+    Without top-k, the rows are scored in TRL's one fused pass over the vocabulary: wrap the forward in
+    :meth:`one_pass`, which also folds the log-sum-exp at ``T / k`` and ``T * k`` for the rows that may be rescaled,
+    then select each row's log-probs with :meth:`__call__` once its factor is known.
+
     :param model: the causal LM that TRL patched with its fused LM head (not a PEFT wrapper).
     :param temperature: the sampling temperature ``T`` that TRL divides the logits by.
-    :param k: ERA's ``era_k``: rows carry ``c_r`` in ``{1, k, 1/k}``.
+    :param k: ERA's ``era_k``: rows carry ``c_r`` in ``{1, k, 1/k}`` (as :func:`era_core.response_factor_values`).
     :param topk: keep only the ``topk`` largest logits of every token, for every row (spec 3.6); ``None`` keeps
         the whole vocabulary and leaves rows with ``c_r == 1`` exactly as TRL scored them.
-    :param cast_lm_head_to_fp32: as TRL's ``cast_lm_head_to_fp32`` (the head runs in float32).
     """
 
-    def __init__(
-        self,
-        model: PreTrainedModel,
-        temperature: float,
-        k: float,
-        topk: int | None = None,
-        cast_lm_head_to_fp32: bool = False,
-    ) -> None:
+    def __init__(self, model: PreTrainedModel, temperature: float, k: float, topk: int | None = None) -> None:
         if topk is not None:
             config = model.config.get_text_config()
             transforms = [name for name in LOGIT_TRANSFORM_FIELDS if getattr(config, name, None) is not None]
@@ -254,18 +571,24 @@ class ScaledLogProbHead:
         self.model = model
         self.temperature = temperature
         self.topk = topk
-        # The factor values exactly as `era_core.response_logit_factors` computes them (float32 `1 * k`, `1 / k`);
-        # the top-k path scores every row itself.
-        one = torch.ones(())
-        self._heads = {
-            factor: _TemperedFusedLMHead(model, temperature / factor, cast_lm_head_to_fp32)
-            for factor in ((one * k).item(), (one / k).item())
-            if topk is None
-        }
+        self.factor_values = response_factor_values(k)
 
     def rescaled_rows(self, factors: torch.Tensor) -> torch.Tensor:
         """``(B,)`` bool: the rows whose log-probs differ from the plain policy's (every row in top-k mode)."""
         return torch.ones_like(factors, dtype=torch.bool) if self.topk is not None else factors != 1.0
+
+    def one_pass(
+        self, labels: torch.Tensor, rescalable: torch.Tensor
+    ) -> AbstractContextManager[_OnePassScoring | None]:
+        """Context for the fused forward: scores the ``rescalable`` rows at both factors in the same tiles.
+
+        :param labels: ``(B, L)`` the labels passed to the fused forward (``-100``: unscored).
+        :param rescalable: ``(B,)`` bool, the rows whose factor may differ from 1.
+        :return: the scoring to pass to :meth:`__call__` (``None`` in top-k mode, which scores by itself).
+        """
+        if self.topk is not None:
+            return nullcontext()
+        return _OnePassScoring(labels, rescalable, self.factor_values)
 
     def __call__(
         self,
@@ -273,6 +596,7 @@ class ScaledLogProbHead:
         labels: torch.Tensor,
         factors: torch.Tensor,
         log_probs: torch.Tensor,
+        scoring: _OnePassScoring | None = None,
     ) -> torch.Tensor:
         """ERA log-probs ``(B, K)`` of the last ``K`` labels.
 
@@ -280,22 +604,24 @@ class ScaledLogProbHead:
         :param labels: ``(B, L)`` input ids, ``-100`` where a next token is not scored.
         :param factors: ``(B,)`` per-row factors ``c_r``.
         :param log_probs: ``(B, K)`` TRL's log-probs (``c_r = 1``) of the last ``K`` labels.
+        :param scoring: what :meth:`one_pass` returned around that forward (not needed in top-k mode).
         """
         num_scored = log_probs.shape[1]
-        # The K scored labels are predicted by the K positions before them.
-        hidden_states = hidden_states[:, -(num_scored + 1) :]
-        labels = labels[:, -(num_scored + 1) :]
         if self.topk is not None:
-            return self._topk_log_probs(hidden_states, labels, factors)
-        known = torch.tensor([1.0, *self._heads], device=factors.device, dtype=factors.dtype)
-        if not torch.isin(factors, known).all():
-            raise ValueError(f"factors must be 1 or one of {sorted(self._heads)}, got {factors.tolist()}")
-        result = log_probs
-        for factor, head in self._heads.items():
-            rows = (factors == factor).nonzero().squeeze(-1)
-            if rows.numel() > 0:
-                result = result.index_put((rows,), head(hidden_states[rows], labels[rows]))
-        return result
+            # The K scored labels are predicted by the K positions before them.
+            return self._topk_log_probs(
+                hidden_states[:, -(num_scored + 1) :], labels[:, -(num_scored + 1) :], factors
+            )
+        sharpen, flatten = self.factor_values
+        if not ((factors == 1.0) | (factors == sharpen) | (factors == flatten)).all():
+            raise ValueError(
+                f"factors must be 1 or one of {sorted(self.factor_values)}, got {factors.tolist()}"
+            )
+        if scoring is None:
+            raise ValueError("without top-k, ERA log-probs come from a forward run inside one_pass(...)")
+        scaled = scoring.scaled_log_probs()[:, -num_scored:]
+        result = torch.where((factors == sharpen).unsqueeze(-1), scaled[..., 0], log_probs)
+        return torch.where((factors == flatten).unsqueeze(-1), scaled[..., 1], result)
 
     def _topk_log_probs(self, hidden_states, labels, factors) -> torch.Tensor:
         hidden_states, labels = hidden_states[:, :-1], labels[:, 1:]

@@ -156,3 +156,64 @@ def test_ndtri_exp_matches_scipy_deep_in_the_tail() -> None:
     expected = torch.tensor([special.ndtri_exp(v) for v in log_p.tolist()], dtype=torch.float64)
     torch.testing.assert_close(ndtri_exp(log_p), expected, rtol=1e-7, atol=1e-7)
     assert torch.isfinite(ndtri_exp(log_p.float())).all()
+
+
+def _rsample_and_reference(loc: torch.Tensor, scale: torch.Tensor, seed: int, shape=(64,)):
+    """The fused ``rsample`` and the autograd-through-``icdf`` reference for the same uniform draws."""
+    leaves = [t.detach().clone().requires_grad_(True) for t in (loc, scale, loc, scale)]
+    torch.manual_seed(seed)
+    fast = TruncatedNormal(leaves[0], leaves[1]).rsample(shape)
+    torch.manual_seed(seed)
+    eps = torch.finfo(loc.dtype).eps
+    u = torch.rand(shape + loc.shape, dtype=loc.dtype).clamp(eps, 1.0 - eps)
+    reference = TruncatedNormal(leaves[2], leaves[3]).icdf(u)
+    weights = torch.linspace(-1.0, 2.0, fast.numel(), dtype=loc.dtype).reshape(fast.shape)
+    (fast * weights).sum().backward()
+    (reference * weights).sum().backward()
+    return fast, reference, leaves
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_fused_rsample_matches_the_icdf_reference_in_values_and_gradients(dtype: torch.dtype) -> None:
+    loc = torch.tensor([c[0] for c in CASES] + [0.999, -0.5], dtype=dtype)
+    scale = torch.tensor([c[1] for c in CASES] + [0.02, 3.0], dtype=dtype)
+    fast, reference, (loc_f, scale_f, loc_r, scale_r) = _rsample_and_reference(loc, scale, seed=3)
+    tolerance = dict(rtol=1e-9, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(fast, reference, **tolerance)
+    assert torch.isfinite(loc_f.grad).all() and torch.isfinite(scale_f.grad).all()
+    grad_tolerance = dict(rtol=1e-6, atol=1e-8) if dtype == torch.float64 else dict(rtol=2e-3, atol=2e-3)
+    torch.testing.assert_close(loc_f.grad, loc_r.grad, **grad_tolerance)
+    torch.testing.assert_close(scale_f.grad, scale_r.grad, **grad_tolerance)
+
+
+@settings(max_examples=40, deadline=None)
+@given(loc=st.floats(-1.0, 1.0), log_scale=st.floats(-8.0, 3.0), seed=st.integers(0, 2**16))
+def test_fused_rsample_gradients_match_the_reference_everywhere(
+    loc: float, log_scale: float, seed: int
+) -> None:
+    loc_t = torch.tensor([loc], dtype=torch.float64)
+    scale_t = torch.tensor([math.exp(log_scale)], dtype=torch.float64)
+    fast, reference, (loc_f, scale_f, loc_r, scale_r) = _rsample_and_reference(loc_t, scale_t, seed)
+    torch.testing.assert_close(fast, reference, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(loc_f.grad, loc_r.grad, rtol=1e-6, atol=1e-8)
+    torch.testing.assert_close(scale_f.grad, scale_r.grad, rtol=1e-6, atol=1e-8)
+
+
+def test_rsample_with_tensor_bounds_and_no_gradient() -> None:
+    dist = TruncatedNormal(torch.zeros(3), torch.ones(3), low=torch.tensor([-2.0, 0.0, -0.5]), high=1.0)
+    torch.manual_seed(0)
+    x = dist.rsample((1000,))
+    assert not x.requires_grad
+    assert torch.all(x >= dist.low) and torch.all(x <= 1.0)
+
+
+def test_rsample_without_gradient_equals_the_differentiable_sample() -> None:
+    # Without gradient the distribution's own alpha, beta and log Z are shared with log_prob; same numbers.
+    loc = torch.tensor([c[0] for c in CASES])
+    scale = torch.tensor([c[1] for c in CASES])
+    torch.manual_seed(4)
+    with_grad = TruncatedNormal(loc.clone().requires_grad_(True), scale).rsample((16,))
+    torch.manual_seed(4)
+    with torch.no_grad():
+        without = TruncatedNormal(loc, scale).rsample((16,))
+    assert torch.equal(with_grad.detach(), without)

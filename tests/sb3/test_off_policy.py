@@ -218,3 +218,41 @@ def test_sac_era_solves_pendulum_with_the_default_settings():
     mean_return, _ = evaluate_policy(model, model.get_env(), n_eval_episodes=10)
     # Random play scores about -1200; plain SAC with the same budget and seed scores about -180.
     assert mean_return > -400
+
+
+def _parameters_after_updates(algo, skip_unread_log_prob: bool, monkeypatch, **kwargs) -> list[th.Tensor]:
+    """Parameters after 100 gradient steps of ``learn``, with or without the log-prob shortcut."""
+    if not skip_unread_log_prob:
+        monkeypatch.setattr(algo, "_log_prob_unread", lambda self: False)
+    model = _train(algo, ReachTargetEnv(), steps=164, **kwargs)
+    monkeypatch.undo()
+    return [p.detach().clone() for p in model.policy.parameters()]
+
+
+@pytest.mark.parametrize("action_distribution", ["truncated", "tanh"])
+@pytest.mark.parametrize("algo", OFF_POLICY, ids=lambda algo: algo.__name__)
+def test_skipping_the_unread_log_probs_changes_no_gradient(algo, action_distribution, monkeypatch):
+    # Same seed, same batches: the shortcut must leave every parameter bit-identical after all the updates.
+    calls = []
+    original = algo._log_prob_unread
+    monkeypatch.setattr(algo, "_log_prob_unread", lambda self: calls.append(original(self)) or calls[-1])
+    fast = _parameters_after_updates(algo, True, monkeypatch, action_distribution=action_distribution)
+    assert calls and all(calls)
+    reference = _parameters_after_updates(algo, False, monkeypatch, action_distribution=action_distribution)
+    assert len(fast) == len(reference)
+    for got, expected in zip(fast, reference, strict=True):
+        assert th.equal(got, expected)
+
+
+@pytest.mark.filterwarnings("ignore:ent_coef=")
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(ent_coef="auto"), dict(ent_coef=0.1), dict(learn_delta=True)],
+    ids=["learned-temperature", "fixed-bonus", "learned-delta"],
+)
+@pytest.mark.parametrize("algo", OFF_POLICY, ids=lambda algo: algo.__name__)
+def test_log_probs_are_computed_wherever_train_reads_them(algo, kwargs):
+    assert not algo(
+        "MlpPolicy", ReachTargetEnv(), policy_kwargs=dict(net_arch=TINY_NET), **kwargs
+    )._log_prob_unread()
+    assert algo("MlpPolicy", ReachTargetEnv(), policy_kwargs=dict(net_arch=TINY_NET))._log_prob_unread()

@@ -170,3 +170,38 @@ def test_plain_ppo_accepts_the_era_policy_class():
     entropies = gaussian_entropy(distribution.distribution.scale.log())
     # A state-dependent ERA head: the floor binds (log_std_min is far), so every state sits on it.
     th.testing.assert_close(entropies, th.full_like(entropies, -2.0), atol=1e-4, rtol=0)
+
+
+def test_rollout_log_std_is_reused_until_a_parameter_changes():
+    model = ERAPPO("MlpPolicy", ReachTargetEnv(), policy_kwargs=dict(net_arch=TINY_NET), seed=0)
+    policy = model.policy
+    obs = th.zeros((1, *model.observation_space.shape))
+
+    def rollout_log_std() -> th.Tensor:
+        with th.no_grad():
+            return policy._state_independent_log_std()
+
+    def fresh_log_std() -> th.Tensor:
+        return policy.log_std_era(policy.log_std).detach()
+
+    first = rollout_log_std()
+    assert rollout_log_std() is first  # nothing changed: not recomputed
+    th.testing.assert_close(first, fresh_log_std(), rtol=0, atol=0)
+    # An optimizer step writes to log_std in place: the next rollout step sees the new values.
+    policy.optimizer.zero_grad()
+    policy.get_distribution(obs).log_prob(th.tensor([[1.5, -0.5, 0.1]])).sum().backward()
+    policy.optimizer.step()
+    assert not th.equal(fresh_log_std(), first)
+    th.testing.assert_close(rollout_log_std(), fresh_log_std(), rtol=0, atol=0)
+    # So do load_state_dict and the ERA module's own buffers (delta).
+    other = ERAPPO("MlpPolicy", ReachTargetEnv(), policy_kwargs=dict(net_arch=TINY_NET, log_std_init=-1.0))
+    policy.load_state_dict(other.policy.state_dict())
+    th.testing.assert_close(rollout_log_std(), fresh_log_std(), rtol=0, atol=0)
+    with th.no_grad():
+        policy.log_std_era.delta.fill_(0.3)
+    th.testing.assert_close(rollout_log_std(), fresh_log_std(), rtol=0, atol=0)
+    # The distribution of a rollout step uses it; with gradient it is recomputed and stays differentiable.
+    with th.no_grad():
+        scale = policy.get_distribution(obs).distribution.scale
+    th.testing.assert_close(scale[0], fresh_log_std().exp(), rtol=0, atol=0)
+    assert policy._state_independent_log_std().requires_grad

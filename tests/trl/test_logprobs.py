@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from trl.kernels import chunked_logprob as trl_kernels
+from trl.trainer import utils as trl_utils
 from trl.trainer.utils import add_fused_lm_head
 
-from era_core import scaled_token_logprobs
+from era_core import OUTSIDE_TOPK_LOGPROB, response_factor_values, scaled_token_logprobs
 from tests.trl.conftest import VOCAB_SIZE, build_model
 from trl_era import logprobs
-from trl_era.logprobs import OUTSIDE_TOPK_LOGPROB, ScaledLogProbHead, capture_last_hidden_state
+from trl_era.logprobs import ScaledLogProbHead, capture_last_hidden_state
 
 TEMPERATURE = 0.7
 NUM_SCORED = 5
@@ -55,20 +57,37 @@ def gradients(model, value: torch.Tensor, weights: torch.Tensor) -> list[torch.T
     return torch.autograd.grad((value * weights).sum(), [p for p in model.parameters() if p.requires_grad])
 
 
+def one_pass_era_logprobs(model, head, input_ids, attention_mask, labels, factors, rescalable):
+    """TRL's log-probs and ERA's, both from one fused forward."""
+    with head.one_pass(labels, rescalable) as scoring:
+        trl_logps, hidden = fused_pass(model, input_ids, attention_mask, labels)
+    return trl_logps, head(hidden, labels, factors, trl_logps, scoring)
+
+
+@pytest.mark.parametrize("tiles", ["one-tile", "many-tiles"])
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("k", [2.0, 3.0])
-def test_rescaled_rows_match_full_logits_reference_and_others_stay_trl(k, device):
+@pytest.mark.parametrize("k", [2.0, 3.0, 1.1])
+def test_rescaled_rows_match_full_logits_reference_and_others_stay_trl(k, device, tiles, monkeypatch):
+    if tiles == "many-tiles":  # vocabulary, token and rescaled-row tiles that do not divide the sizes
+        monkeypatch.setattr(trl_utils, "_CHUNKED_LOGPROB_CHUNK_SIZE", 7)
+        monkeypatch.setattr(trl_kernels, "TOKEN_CHUNK_SIZE", 4)
+        monkeypatch.setattr(logprobs, "_RESCALED_ROW_CHUNK_SIZE", 2)
     model = patched_float64_model(device)
     input_ids, attention_mask, labels = make_batch(model.config.vocab_size, device)
-    one = torch.ones((), device=device)
-    factors = torch.stack([one, one * k, one / k, one, one * k, one / k]).float()
+    sharpen, flatten = response_factor_values(k)
+    factors = torch.tensor([1.0, sharpen, flatten, 1.0, sharpen, flatten], device=device)
+    # Row 0 may be rescaled but keeps factor 1 (its entropy is within bounds); row 3 may not be rescaled.
+    rescalable = torch.tensor([True, True, True, False, True, True], device=device)
     head = ScaledLogProbHead(model, TEMPERATURE, k=k)
 
-    trl_logps, hidden = fused_pass(model, input_ids, attention_mask, labels)
-    era = head(hidden, labels, factors, trl_logps)
+    trl_logps, _ = fused_pass(model, input_ids, attention_mask, labels)
+    one_pass_logps, era = one_pass_era_logprobs(
+        model, head, input_ids, attention_mask, labels, factors, rescalable
+    )
     reference = reference_logprobs(model, input_ids, attention_mask, factors)
     scored = (labels[:, -NUM_SCORED:] != -100).double()
 
+    assert torch.equal(one_pass_logps, trl_logps)
     unchanged = factors == 1.0
     assert torch.equal(era[unchanged], trl_logps[unchanged])
     assert not torch.allclose(era[~unchanged], trl_logps[~unchanged])
@@ -83,12 +102,38 @@ def test_rescaled_rows_match_full_logits_reference_and_others_stay_trl(k, device
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
 
 
+def test_rows_kept_at_factor_one_get_trls_gradients_bit_for_bit():
+    model = patched_float64_model()
+    input_ids, attention_mask, labels = make_batch(model.config.vocab_size)
+    head = ScaledLogProbHead(model, TEMPERATURE, k=2.0)
+    weights = torch.randn((6, NUM_SCORED), generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    trl_logps, _ = fused_pass(model, input_ids, attention_mask, labels)
+    _, era = one_pass_era_logprobs(
+        model, head, input_ids, attention_mask, labels, torch.ones(6), torch.ones(6, dtype=torch.bool)
+    )
+    for got, expected in zip(
+        gradients(model, era, weights), gradients(model, trl_logps, weights), strict=True
+    ):
+        assert torch.equal(got, expected)
+
+
 def test_rejects_factors_other_than_one_and_k():
     model = patched_float64_model()
     input_ids, attention_mask, labels = make_batch(model.config.vocab_size)
-    trl_logps, hidden = fused_pass(model, input_ids, attention_mask, labels)
+    head = ScaledLogProbHead(model, TEMPERATURE, k=2.0)
     with pytest.raises(ValueError, match="factors must be 1 or one of"):
-        ScaledLogProbHead(model, TEMPERATURE, k=2.0)(hidden, labels, torch.full((6,), 4.0), trl_logps)
+        one_pass_era_logprobs(
+            model,
+            head,
+            input_ids,
+            attention_mask,
+            labels,
+            torch.full((6,), 4.0),
+            torch.ones(6, dtype=torch.bool),
+        )
+    trl_logps, hidden = fused_pass(model, input_ids, attention_mask, labels)
+    with pytest.raises(ValueError, match="inside one_pass"):
+        head(hidden, labels, torch.ones(6), trl_logps)
 
 
 @pytest.mark.parametrize("device", DEVICES)
