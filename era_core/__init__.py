@@ -13,6 +13,7 @@ from era_core.gaussian import (
 )
 from era_core.llm import (
     categorical_entropy,
+    check_adv_threshold,
     check_response_era_args,
     logit_factors_from_response_entropy,
     response_logit_factors,
@@ -34,6 +35,7 @@ __all__ = [
     "SoftmaxERA",
     "TruncatedNormal",
     "categorical_entropy",
+    "check_adv_threshold",
     "check_response_era_args",
     "check_softmax_era_args",
     "gaussian_entropy",
