@@ -269,6 +269,23 @@ def test_train_sac_era_then_enjoy_it(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("algo", "overrides"),
     [
+        ("sac_era", ["-n", "120", "-params", "learning_starts:100"]),
+        ("ppo_era", ["-n", "64", "-params", "n_envs:1", "n_steps:64", "batch_size:32", "n_epochs:1"]),
+    ],
+)
+def test_params_overrides_an_era_knob_of_the_shipped_file(tmp_path, algo, overrides):
+    # The shipped files put target_entropy_per_dim in policy_kwargs; rl-zoo3's -params gives it at the top level.
+    model = ALGOS[algo].load(
+        _train(tmp_path, algo, *overrides, "target_entropy_per_dim:-1.25", "log_std_min:-6")
+    )
+    era = model.policy.actor.era if algo == "sac_era" else model.policy.log_std_era
+    assert era.target_entropy == pytest.approx(-1.25)  # Pendulum: one action dimension
+    assert era.log_std_min == -6.0
+
+
+@pytest.mark.parametrize(
+    ("algo", "overrides"),
+    [
         ("tqc_era", ["-n", "150", "-params", "learning_starts:100", "policy_kwargs:dict(net_arch=[64, 64])"]),
         (
             "crossq_era",
