@@ -12,7 +12,7 @@ from gymnasium import spaces
 from sb3_era_envs import TINY_NET, ReachTargetEnv
 from stable_baselines3 import PPO
 from stable_baselines3.common.env_util import make_vec_env
-from stable_baselines3.common.vec_env import VecNormalize
+from stable_baselines3.common.vec_env import SubprocVecEnv, VecNormalize
 
 from era_core import gaussian_entropy, softmax_era_feasible_range
 from sb3_era import (
@@ -82,6 +82,19 @@ def test_era_logging_works_with_discrete_observations(algo, observation_space, n
     model.learn(64)
     stats = era_entropy_stats(model, 32)
     assert stats["gaussian_entropy_min"] >= stats["entropy_floor"] - 1e-5
+
+
+def test_era_logging_works_with_discrete_observations_in_subprocesses():
+    env = make_vec_env(
+        lambda: SpacesEnv(DISCRETE_OBS, BOX_ACTIONS),
+        n_envs=2,
+        vec_env_cls=SubprocVecEnv,
+        vec_env_kwargs=dict(start_method="fork"),
+    )
+    model = ERAPPO("MlpPolicy", env, policy_kwargs=dict(net_arch=TINY_NET), seed=0, **SMALL[ERAPPO])
+    model.learn(64)
+    env.close()
+    assert era_entropy_stats(model, 32)["gaussian_entropy_min"] >= -1.0 - 1e-5
 
 
 @pytest.mark.parametrize("env_id", ["FrozenLake-v1", "Taxi-v4"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import subprocess
 import sys
@@ -58,6 +59,23 @@ SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", 
 @pytest.fixture(scope="module", autouse=True)
 def registered():
     zoo.register_zoo_algorithms()
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        "rl_zoo3.train",
+        "rl_zoo3.enjoy",
+        "rl_zoo3.load_from_hub",
+        "rl_zoo3.plots.all_plots",
+        "rl_zoo3.plots.plot_from_file",
+        "rl_zoo3.plots.plot_train",
+        "rliable.library",
+    ],
+)
+def test_the_zoo_extra_installs_what_rl_zoo3_imports(module):
+    # rl-zoo3 imports more than it declares (requests, seaborn, pandas, scipy); era-rl[zoo] declares them.
+    importlib.import_module(module)
 
 
 def test_registration_adds_every_era_algorithm_sampler_and_converter():
