@@ -14,6 +14,7 @@ from era_core.gaussian import (
 from era_core.llm import (
     OUTSIDE_TOPK_LOGPROB,
     categorical_entropy,
+    check_adv_threshold,
     check_response_era_args,
     logit_factors_from_response_entropy,
     rescalable_responses,
@@ -39,6 +40,7 @@ __all__ = [
     "SoftmaxERA",
     "TruncatedNormal",
     "categorical_entropy",
+    "check_adv_threshold",
     "check_response_era_args",
     "check_softmax_era_args",
     "gaussian_entropy",

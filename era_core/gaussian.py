@@ -74,14 +74,25 @@ def gaussian_era_log_std(
         0-dim tensor (a learned compensation flows through it).
     :param log_std_min: lower clamp ``lmin``; it can only raise the entropy.
     :param log_std_max: ``lmax``; every log-std stays at or below it when ``K <= 0``.
-    :return: log-stds of shape ``(..., D)`` whose Gaussian entropy is ``>= target_entropy``.
+    :return: log-stds of shape ``(..., D)`` and dtype of ``z`` whose Gaussian entropy is
+        ``>= target_entropy``. Computed in at least float32 (float64 stays float64); a narrower result
+        is rounded upwards, so that rounding never takes the entropy below the floor.
     """
     dim = z.shape[-1]
     k = target_entropy - dim * log_std_max - 0.5 * dim * LOG_2PI_E
     if not isinstance(k, torch.Tensor) and k > 0:
         check_gaussian_era_args(dim, float(target_entropy), log_std_min, log_std_max)
-    log_std = log_std_max + k * F.softmax(z.float(), dim=-1)
-    return log_std.clamp_min(log_std_min).to(z.dtype)
+    compute_dtype = torch.promote_types(z.dtype, torch.float32)
+    log_std = (log_std_max + k * F.softmax(z.to(compute_dtype), dim=-1)).clamp_min(log_std_min)
+    rounded = log_std.to(z.dtype)
+    if rounded.dtype == log_std.dtype:
+        return rounded
+    # Round-to-nearest may step each log-std down by half an ulp; step those up one ulp instead.
+    with torch.no_grad():
+        rounded_down = rounded.to(compute_dtype) < log_std
+        up = torch.nextafter(rounded, torch.full_like(rounded, math.inf))
+        ulp = torch.where(rounded_down, up - rounded, torch.zeros_like(rounded))
+    return rounded + ulp
 
 
 class GaussianERA(nn.Module):
@@ -122,15 +133,20 @@ class GaussianERA(nn.Module):
             self.register_buffer("delta", delta_tensor)
 
     def effective_delta(self, delta: torch.Tensor | None = None) -> torch.Tensor:
-        """The compensation in use (``delta``, or :attr:`delta` when not given), capped at :attr:`max_delta`."""
-        return (self.delta if delta is None else delta).clamp(max=self.max_delta)
+        """The compensation in use, capped at :attr:`max_delta`.
+
+        :param delta: a stand-in for :attr:`delta` (its gradient is the caller's); when not given,
+            :attr:`delta` detached: spec 1.3 trains it by :meth:`compensation_loss` only, never by the loss
+            that the log-stds feed.
+        """
+        return (self.delta.detach() if delta is None else delta).clamp(max=self.max_delta)
 
     def entropy_floor(self, delta: torch.Tensor | None = None) -> torch.Tensor:
         """The guaranteed lower bound ``Ht = H0 + delta`` on the Gaussian entropy."""
         return self.target_entropy + self.effective_delta(delta)
 
     def forward(self, z: torch.Tensor, delta: torch.Tensor | None = None) -> torch.Tensor:
-        """Log-stds for pre-activations ``z``.
+        """Log-stds for pre-activations ``z``; no gradient reaches a learned :attr:`delta` through them.
 
         :param delta: a stand-in for :attr:`delta` carrying its value, for callers that route the
             compensation's gradient themselves (a learned ``delta`` trained beside an actor loss).

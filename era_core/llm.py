@@ -54,8 +54,10 @@ def response_logit_factors(
 ) -> torch.Tensor:
     """Spec 3.3: the per-response factor ``c_r`` that multiplies the logits in the loss's log-probs.
 
-    ``c_r = k`` (sharpen) when ``A_r > adv_threshold`` and ``H_resp < lb``; ``c_r = 1/k`` (flatten) when
-    ``A_r > adv_threshold`` and ``H_resp > ub``; otherwise 1 (also for empty responses).
+    A response is eligible when ``A_r > 0`` and ``A_r >= adv_threshold``: ``0`` is the paper's ``A_r > 0``,
+    ``1`` the released code's ``A_r >= 1`` (it cast advantages to integers). ``c_r = k`` (sharpen) for an
+    eligible response with ``H_resp < lb``; ``c_r = 1/k`` (flatten) for one with ``H_resp > ub``; otherwise 1
+    (also for empty responses).
 
     :param advantages: ``(B,)`` advantages, or ``(B, T)`` per-token ones (the first response token is read).
     :return: ``(B,)`` float32 factors.
@@ -95,13 +97,15 @@ def rescalable_responses(
     :param advantages: ``(B,)`` advantages, or ``(B, T)`` per-token ones (the first response token is read).
     :param non_empty: ``(B,)`` bool, responses with at least one token.
     """
+    check_adv_threshold(adv_threshold)
     if advantages.dim() == 2:
         advantages = advantages[:, 0]
     if advantages.shape != non_empty.shape:
         raise ValueError(
             f"advantages must be (B,) with B={non_empty.shape[0]}, got {tuple(advantages.shape)}"
         )
-    return (advantages > adv_threshold) & non_empty
+    # Positive advantages only; adv_threshold=1.0 is the released code's integer-cast rule A >= 1.
+    return (advantages > 0) & (advantages >= adv_threshold) & non_empty
 
 
 def response_factor_values(k: float) -> tuple[float, float]:
@@ -120,6 +124,18 @@ def check_response_era_args(lb: float, ub: float, k: float, top_fraction: float 
     if not (math.isfinite(k) and k > 1.0):
         raise ValueError(f"k must be a finite number > 1, got {k}")
     _check_top_fraction(top_fraction)
+
+
+def check_adv_threshold(adv_threshold: float, name: str = "adv_threshold") -> None:
+    """Raise ``ValueError`` unless ``adv_threshold`` is a finite number ``>= 0`` (see :func:`response_logit_factors`).
+
+    :param name: the argument's name in the error message.
+    """
+    if not (math.isfinite(adv_threshold) and adv_threshold >= 0.0):
+        raise ValueError(
+            f"{name} must be a finite number >= 0 (0: the paper's A > 0; 1: the released code's A >= 1), "
+            f"got {adv_threshold}"
+        )
 
 
 def scaled_advantages(advantages: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:

@@ -59,6 +59,24 @@ def _softmax_era_transform(
     return y.to(logits.dtype)
 
 
+def _checked_softmax_era_transform(
+    logits: torch.Tensor, num_classes: int, slope: float, offset: float, newton_steps: int
+) -> torch.Tensor:
+    if logits.shape[-1] != num_classes:
+        raise ValueError(
+            "expected logits with "
+            + str(num_classes)
+            + " classes in the last dim, got shape "
+            + str(logits.shape)
+        )
+    return _softmax_era_transform(logits, slope, offset, newton_steps)
+
+
+# torch.fx records the checked transform as one call (its shape check and dtype choice are Python control
+# flow that symbolic tracing cannot follow), so FX tooling such as timm's feature extraction traces SoftmaxERA.
+torch.fx.wrap("_checked_softmax_era_transform")
+
+
 def softmax_era_logits(
     logits: torch.Tensor,
     min_entropy: float,
@@ -110,14 +128,9 @@ class SoftmaxERA(nn.Module):
         self.slope, self.offset = _softmax_era_constants(self.num_classes, self.min_entropy, self.tau)
 
     def forward(self, logits: torch.Tensor) -> torch.Tensor:
-        if logits.shape[-1] != self.num_classes:
-            raise ValueError(
-                "expected logits with "
-                + str(self.num_classes)
-                + " classes in the last dim, got shape "
-                + str(logits.shape)
-            )
-        return _softmax_era_transform(logits, self.slope, self.offset, self.newton_steps)
+        return _checked_softmax_era_transform(
+            logits, self.num_classes, self.slope, self.offset, self.newton_steps
+        )
 
     def extra_repr(self) -> str:
         return f"num_classes={self.num_classes}, min_entropy={self.min_entropy}, tau={self.tau}, inverse={self.inverse!r}"

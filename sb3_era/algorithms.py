@@ -27,21 +27,27 @@ from sb3_era.off_policy import (
 )
 from sb3_era.on_policy import ERAActorCriticCnnPolicy, ERAActorCriticPolicy, ERAMultiInputActorCriticPolicy
 
+# The two forms of the target entropy: giving one at the top level replaces both in policy_kwargs.
+TARGET_ENTROPY_FORMS = ("target_entropy", "target_entropy_per_dim")
 
-def merge_era_knobs(policy_kwargs: dict[str, Any] | None, knobs: dict[str, Any]) -> dict[str, Any]:
-    """``policy_kwargs`` plus the ERA knobs given at the top level (those not ``None``).
 
-    :raises ValueError: when a knob is given both at the top level and in ``policy_kwargs``.
+def merge_era_knobs(policy_kwargs: dict[str, Any] | None, knobs: dict[str, Any]) -> dict[str, Any] | None:
+    """``policy_kwargs`` with the ERA knobs given at the top level (those not ``None``) taking precedence.
+
+    A knob given at the top level overrides the same knob in ``policy_kwargs``, as rl-zoo3's ``-params``
+    overrides a hyper-parameter file; a top-level ``target_entropy`` or ``target_entropy_per_dim`` replaces
+    both forms there. Without top-level knobs the caller's dict itself is returned, so that the host's
+    in-place additions reach it as with the stock algorithms (``load(path, policy_kwargs=...)`` compares it
+    with the saved one).
     """
+    given = {name: value for name, value in knobs.items() if value is not None}
+    if not given:
+        return policy_kwargs
     merged = dict(policy_kwargs or {})
-    for name, value in knobs.items():
-        if value is None:
-            continue
-        if name in merged and merged[name] != value:
-            raise ValueError(
-                f"{name} given twice: {value!r} at the top level and {merged[name]!r} in policy_kwargs; give it once"
-            )
-        merged[name] = value
+    if given.keys() & set(TARGET_ENTROPY_FORMS):
+        for name in TARGET_ENTROPY_FORMS:
+            merged.pop(name, None)
+    merged.update(given)
     return merged
 
 
@@ -128,7 +134,8 @@ _OFF_POLICY_DOC = """
     construction, so there is no entropy bonus (``ent_coef=0.0`` by default; spec 1.2).
 
     Takes every parameter of ``{host_path}``; the ERA knobs may also be given here instead of in
-    ``policy_kwargs`` (see :class:`sb3_era.{policy}` for their meaning):
+    ``policy_kwargs``, and take precedence over the same knob there (so rl-zoo3's ``-params`` overrides a
+    hyper-parameter file; see :class:`sb3_era.{policy}` for their meaning):
 
     :param target_entropy_per_dim: Target entropy per action dimension (default ``-1/2``)
     :param log_std_min: Lower log-std bound (default -8)
@@ -195,6 +202,8 @@ class _ERAOnPolicyAlgorithm(_ERALoggingMixin):
         log_std_max: float | None = None,
         action_distribution: str | None = None,
         delta: float | None = None,
+        learn_delta: bool | None = None,
+        floor: str | None = None,
         state_dependent_std: bool | None = None,
         min_entropy: float | None = None,
         softmax_tau: float | None = None,
@@ -210,6 +219,8 @@ class _ERAOnPolicyAlgorithm(_ERALoggingMixin):
             log_std_max=log_std_max,
             action_distribution=action_distribution,
             delta=delta,
+            learn_delta=learn_delta,
+            floor=floor,
             state_dependent_std=state_dependent_std,
             min_entropy=min_entropy,
             softmax_tau=softmax_tau,
@@ -223,19 +234,27 @@ class _ERAOnPolicyAlgorithm(_ERALoggingMixin):
             **kwargs,
         )
 
+    def _maybe_recommend_cpu(self, mlp_class_name: str = ERAActorCriticPolicy.__name__) -> None:
+        # SB3 recommends the CPU when the policy class is its MLP one, matched by name: ours has another name.
+        super()._maybe_recommend_cpu(mlp_class_name)
+
 
 _ON_POLICY_DOC = """
     {host} with ERA policies (spec 1.5): the entropy floor replaces the entropy bonus (``ent_coef=0.0``).
 
     Takes every parameter of ``{host_path}``; the ERA knobs may also be given here instead of in
-    ``policy_kwargs`` (see :class:`sb3_era.ERAActorCriticPolicy` for their meaning):
+    ``policy_kwargs``, and take precedence over the same knob there (so rl-zoo3's ``-params`` overrides a
+    hyper-parameter file; see :class:`sb3_era.ERAActorCriticPolicy` for their meaning). Like SB3's PPO and
+    A2C, warns when the MLP policy is put on a GPU (it runs faster on the CPU):
 
     :param target_entropy: Absolute target entropy ``H0`` (continuous actions)
     :param target_entropy_per_dim: Target entropy per action dimension (default ``-1/2``)
     :param log_std_min: Lower log-std bound (default -8)
     :param log_std_max: Upper log-std bound (default 0)
     :param action_distribution: ``"truncated"`` (default) or ``"tanh"``
-    :param delta: Constant compensation (default 0)
+    :param delta: Compensation (default 0)
+    :param learn_delta: Learn the compensation (default False)
+    :param floor: ``"state"`` (default, the only one supported here)
     :param state_dependent_std: Log-std from a network head instead of a parameter vector
     :param min_entropy: Entropy floor for ``Discrete`` actions
     :param softmax_tau: ``tau`` of the softmax ERA for ``Discrete`` actions (default 4)

@@ -24,6 +24,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.distributions import Distribution
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
+from stable_baselines3.common.utils import obs_as_tensor
 
 from sb3_era.policies import distribution_entropy_stats
 
@@ -106,7 +107,9 @@ def policy_entropy_stats(model: BaseAlgorithm, n_states: int) -> dict[str, float
     policy.set_training_mode(False)
     devices = [policy.device.index or 0] if policy.device.type == "cuda" else []
     with th.random.fork_rng(devices=devices), th.no_grad():
-        obs_tensor, _ = policy.obs_to_tensor(observations)
+        # Buffer-shaped (a Discrete observation is stored as (n, 1)): converted as the host's train() does,
+        # not through obs_to_tensor, which expects observations as the env returns them.
+        obs_tensor = obs_as_tensor(observations, policy.device)
         if isinstance(policy, RecurrentActorCriticPolicy):
             # Stored as (n_steps, n_layers, n_envs, hidden) until a training pass flattens them.
             lstm_states = tuple(

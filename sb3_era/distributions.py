@@ -27,16 +27,17 @@ class TruncatedNormalDistribution(DiagGaussianDistribution):
     entropy are those of the actions in the env's units.
 
     :param action_dim: Dimension of the action space.
-    :param low: Lower bounds of the actions (scalar or one per dimension).
-    :param high: Upper bounds of the actions (scalar or one per dimension).
+    :param low: Lower bounds of the actions (scalar, or one per dimension in any shape, e.g. a ``Box``'s).
+    :param high: Upper bounds of the actions (scalar, or one per dimension in any shape).
     """
 
     distribution: TruncatedNormal
 
     def __init__(self, action_dim: int, low: float | np.ndarray = -1.0, high: float | np.ndarray = 1.0):
         super().__init__(action_dim)
-        low_arr = np.broadcast_to(np.asarray(low, dtype=np.float32), (action_dim,))
-        high_arr = np.broadcast_to(np.asarray(high, dtype=np.float32), (action_dim,))
+        # Bounds of a multi-dimensional Box (e.g. shape (2, 2)) are flattened like the actions SB3 stores.
+        low_arr = np.broadcast_to(np.asarray(low, dtype=np.float32).ravel(), (action_dim,))
+        high_arr = np.broadcast_to(np.asarray(high, dtype=np.float32).ravel(), (action_dim,))
         if not (
             np.all(np.isfinite(low_arr)) and np.all(np.isfinite(high_arr)) and np.all(low_arr < high_arr)
         ):

@@ -8,7 +8,8 @@ The main job: train SAC-ERA on a MuJoCo v5 task, evaluate it, and write results 
     python -m sb3_era.main --preset authors --timesteps 1000000 --env HalfCheetah-v5   # their critic too
 
 Each run trains with a progress bar and evaluates the deterministic policy every ``--eval-freq`` steps
-(SB3's ``EvalCallback``). The output folder gets ``results.json`` (returns, entropies measured on the
+(SB3's ``EvalCallback``); with ``--no-progress-bar`` (plain logs, e.g. CI) it prints one line per evaluation
+instead (steps, mean return, entropies, steps/s). The output folder gets ``results.json`` (returns, entropies measured on the
 trained policy, configuration, versions, wall time), ``learning_curve.png`` and, per run, the model, SB3's
 ``progress.csv`` (with the ``era/*`` entropy keys) and ``evaluations.npz``.
 """
@@ -33,7 +34,7 @@ import numpy as np
 import torch as th
 from stable_baselines3 import SAC
 from stable_baselines3.common.base_class import BaseAlgorithm
-from stable_baselines3.common.callbacks import EvalCallback
+from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.logger import configure
@@ -182,7 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--output-dir", type=Path, default=None, help="results folder (default: runs/main/<env>-<date-time>)"
     )
-    parser.add_argument("--no-progress-bar", action="store_true", help="train without the progress bar")
+    parser.add_argument(
+        "--no-progress-bar",
+        action="store_true",
+        help="plain logs (CI): no progress bar, one line per evaluation (steps, return, entropy, steps/s)",
+    )
     return parser
 
 
@@ -244,6 +249,40 @@ def _make_model(
     return SAC(policy, env, ent_coef="auto", **common)
 
 
+class EvalProgressLine(BaseCallback):
+    """
+    Print one flushed line after each evaluation of SB3's ``EvalCallback`` (pass it as ``callback_after_eval``).
+
+    :param label: Algorithm label (``SAC-ERA`` or ``SAC``), printed in the line's prefix.
+    :param seed: Seed of the run, printed in the line's prefix.
+    """
+
+    parent: EvalCallback
+
+    def __init__(self, label: str, seed: int):
+        super().__init__()
+        self.label = label
+        self.seed = seed
+        self._start_time = 0.0
+        self._start_steps = 0
+
+    def _init_callback(self) -> None:
+        self._start_time = time.perf_counter()
+        self._start_steps = self.model.num_timesteps
+
+    def _on_step(self) -> bool:
+        rate = (self.num_timesteps - self._start_steps) / max(time.perf_counter() - self._start_time, 1e-9)
+        entropy = policy_entropy_stats(self.model, ENTROPY_STATES)
+        print(
+            f"[{self.label} seed {self.seed}] steps {self.num_timesteps:>8}  "
+            f"return {self.parent.last_mean_reward:10.2f}  "
+            f"Gaussian H min {entropy['gaussian_entropy_min']:7.3f}  policy H {entropy['policy_entropy']:7.3f}  "
+            f"steps/s {rate:7.1f}",
+            flush=True,
+        )
+        return True
+
+
 def _train_and_evaluate(
     label: str, seed: int, args: argparse.Namespace, settings: SACSettings, run_dir: Path
 ) -> dict[str, Any]:
@@ -254,7 +293,12 @@ def _train_and_evaluate(
     model.set_logger(configure(str(run_dir), ["csv"]))
     eval_freq = args.eval_freq or max(args.timesteps // DEFAULT_EVAL_POINTS, 1)
     evaluation = EvalCallback(
-        eval_env, eval_freq=eval_freq, n_eval_episodes=args.eval_episodes, log_path=str(run_dir), verbose=0
+        eval_env,
+        eval_freq=eval_freq,
+        n_eval_episodes=args.eval_episodes,
+        log_path=str(run_dir),
+        verbose=0,
+        callback_after_eval=EvalProgressLine(label, seed) if args.no_progress_bar else None,
     )
     print(f"[{label} seed {seed}] training on {args.env} for {args.timesteps} steps", flush=True)
     start = time.perf_counter()

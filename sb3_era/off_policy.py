@@ -28,31 +28,12 @@ from sb3_era.policies import (
     FLOORS,
     LOG_STD_MAX,
     LOG_STD_MIN,
+    CompensationGradient,
     check_action_distribution,
     check_bounded_box,
     check_no_sde,
     distribution_entropy_stats,
 )
-
-
-class _CompensationGradient(th.autograd.Function):
-    """Identity on ``delta`` whose backward hands ``delta`` the spec-1.3 gradient instead of the loss's.
-
-    ``slot["grad"]`` is filled after the forward pass, once the log-probabilities that the compensation
-    loss needs exist; a graph whose slot stays empty (e.g. a plain ``forward``) gives ``delta`` no gradient.
-    """
-
-    @staticmethod
-    def forward(ctx: Any, delta: th.Tensor, slot: dict[str, th.Tensor]) -> th.Tensor:
-        ctx.slot = slot
-        return delta.clone()
-
-    @staticmethod
-    def backward(ctx: Any, grad_output: th.Tensor) -> tuple[th.Tensor, None]:
-        compensation = ctx.slot.get("grad")
-        if compensation is None:
-            return th.zeros_like(grad_output), None
-        return compensation.to(grad_output), None
 
 
 class ERAActorMixin:
@@ -137,7 +118,7 @@ class ERAActorMixin:
         # Route the compensation gradient to delta (spec 1.3); the slot is filled in action_log_prob.
         slot: dict[str, th.Tensor] = {}
         self._pending_compensation = slot
-        return self.era(z, delta=_CompensationGradient.apply(self.era.delta, slot))
+        return self.era(z, delta=CompensationGradient.apply(self.era.delta, slot))
 
     def get_action_dist_params(self, obs: PyTorchObs) -> tuple[th.Tensor, th.Tensor, dict[str, th.Tensor]]:
         """

@@ -29,10 +29,12 @@ from sb3_era.policies import (
     LOG_STD_MAX,
     LOG_STD_MIN,
     SOFTMAX_TAU,
+    CompensationGradient,
     check_action_distribution,
     check_bounded_box,
     check_no_sde,
     distribution_entropy_stats,
+    final_policy_entropy,
 )
 
 _PARAMS_DOC = """
@@ -48,7 +50,16 @@ _PARAMS_DOC = """
     :param action_distribution: ``Box`` only. ``"truncated"`` (default: a normal truncated to the action
         bounds, located at ``tanh(mu)`` in the scaled space) or ``"tanh"`` (SB3's tanh-squashed Gaussian,
         rescaled to the bounds by the algorithm)
-    :param delta: ``Box`` only. Constant compensation, ``Ht = H0 + delta``
+    :param delta: ``Box`` only. Compensation, ``Ht = H0 + delta`` (the starting value when learned)
+    :param learn_delta: ``Box`` only. Learn ``delta`` with ``L = delta * stopgrad(H_hat - H0)`` (spec 1.3),
+        ``H_hat`` the mean entropy of the final bounded policy on the minibatch (exact for the truncated
+        normal, one fresh sample per state for ``"tanh"``), in the policy's optimizer during the host's own
+        ``train()``; capped so that the floor stays feasible
+    :param floor: ``Box`` only. ``"state"`` (the only value: the floor holds in every state). ``"batch"``
+        (spec 1.4) raises ``ValueError``: the state-independent log-std gives every state the same entropy,
+        so the per-state floor already is the batch floor; with ``state_dependent_std=True`` the batch shift
+        would make the policy that PPO/A2C update differ from the one that collected the rollout (evaluation
+        mode, running shift), so the rollout's log-probabilities would not be the updated policy's
     :param state_dependent_std: ``Box`` only. Compute the ERA pre-activations with a linear head on the
         actor's latent (a log-std per state) instead of SB3's state-independent ``log_std`` vector
     :param min_entropy: ``Discrete`` only, and required there. Entropy floor ``Hmin`` of the action
@@ -85,12 +96,23 @@ class ERAActorCriticMixin:
         log_std_max: float = LOG_STD_MAX,
         action_distribution: str = "truncated",
         delta: float = 0.0,
+        learn_delta: bool = False,
+        floor: str = "state",
         state_dependent_std: bool = False,
         min_entropy: float | None = None,
         softmax_tau: float = SOFTMAX_TAU,
         **kwargs: Any,
     ):
         check_no_sde(kwargs.get("use_sde", False))
+        if floor != "state":
+            raise ValueError(
+                f"floor={floor!r}: the PPO/A2C ERA policies support floor='state' only. With the "
+                "state-independent log-std every state has the same entropy, so the per-state floor already "
+                "holds the batch mean; with state_dependent_std=True a batch-level shift (spec 1.4) would change "
+                "the policy with each minibatch, so the rollout's log-probabilities (collected in evaluation "
+                "mode) would not be those of the policy being updated. Use floor='state' (and learn_delta=True "
+                "to hold the final policy's entropy at the target)."
+            )
         if isinstance(action_space, spaces.Discrete):
             continuous_knobs = dict(
                 target_entropy=target_entropy is not None,
@@ -99,6 +121,7 @@ class ERAActorCriticMixin:
                 log_std_max=log_std_max != LOG_STD_MAX,
                 action_distribution=action_distribution != "truncated",
                 delta=delta != 0.0,
+                learn_delta=learn_delta,
                 state_dependent_std=state_dependent_std,
             )
             given = [name for name, is_set in continuous_knobs.items() if is_set]
@@ -125,6 +148,8 @@ class ERAActorCriticMixin:
             log_std_max=log_std_max,
             action_distribution=action_distribution,
             delta=delta,
+            learn_delta=learn_delta,
+            floor=floor,
             state_dependent_std=state_dependent_std,
             min_entropy=min_entropy,
             softmax_tau=softmax_tau,
@@ -165,6 +190,7 @@ class ERAActorCriticMixin:
                 knobs["log_std_min"],
                 knobs["log_std_max"],
                 knobs["delta"],
+                knobs["learn_delta"],
             )
             if knobs["state_dependent_std"]:
                 # The head replaces the state-independent vector, which would otherwise sit idle.
@@ -184,6 +210,20 @@ class ERAActorCriticMixin:
         mean_actions = self.action_net(latent_pi)
         if isinstance(self.action_space, spaces.Discrete):
             return self.action_dist.proba_distribution(action_logits=self.logits_era(mean_actions))
+        if self.era_kwargs["learn_delta"] and th.is_grad_enabled():
+            # Spec 1.3 inside the host's train(): the loss's backward hands delta the compensation gradient.
+            pre_activation = (
+                self.log_std_net(latent_pi) if self.era_kwargs["state_dependent_std"] else self.log_std
+            )
+            era = self.log_std_era
+            slot: dict[str, th.Tensor] = {}
+            log_std = era(pre_activation, delta=CompensationGradient.apply(era.delta, slot))
+            distribution = self.action_dist.proba_distribution(mean_actions, log_std)
+            with th.no_grad():
+                entropy = final_policy_entropy(distribution)
+            # compensation_loss reads H_hat = -mean(log_prob); the exact per-state entropies stand in for it.
+            (slot["grad"],) = th.autograd.grad(era.compensation_loss(-entropy), era.delta)
+            return distribution
         if self.era_kwargs["state_dependent_std"]:
             log_std = self.log_std_era(self.log_std_net(latent_pi))
         else:
@@ -212,6 +252,12 @@ class ERAActorCriticMixin:
             return float(self.era_kwargs["min_entropy"])
         return self.log_std_era.entropy_floor().item()
 
+    def _distribution_entropy_stats(self, distribution: Distribution) -> dict[str, float]:
+        stats = distribution_entropy_stats(distribution, self.entropy_floor())
+        if isinstance(self.action_space, spaces.Box):
+            stats["delta"] = self.log_std_era.effective_delta().item()
+        return stats
+
 
 class ERAActorCriticPolicy(ERAActorCriticMixin, ActorCriticPolicy):
     __doc__ = (
@@ -227,7 +273,7 @@ class ERAActorCriticPolicy(ERAActorCriticMixin, ActorCriticPolicy):
         :param obs: A batch of observations.
         :return: see :func:`sb3_era.policies.distribution_entropy_stats`.
         """
-        return distribution_entropy_stats(self.get_distribution(obs), self.entropy_floor())
+        return self._distribution_entropy_stats(self.get_distribution(obs))
 
 
 class ERAActorCriticCnnPolicy(ERAActorCriticPolicy):
@@ -281,4 +327,4 @@ class ERARecurrentActorCriticPolicy(ERAActorCriticMixin, RecurrentActorCriticPol
         :return: see :func:`sb3_era.policies.distribution_entropy_stats`.
         """
         distribution, _ = self.get_distribution(obs, lstm_states, episode_starts)
-        return distribution_entropy_stats(distribution, self.entropy_floor())
+        return self._distribution_entropy_stats(distribution)

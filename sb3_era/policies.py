@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.distributions import (
     CategoricalDistribution,
@@ -55,6 +58,43 @@ def check_bounded_box(action_space: spaces.Space, supported: str) -> None:
         )
 
 
+class CompensationGradient(th.autograd.Function):
+    """Identity on ``delta`` whose backward hands ``delta`` the spec-1.3 gradient instead of the loss's.
+
+    ``slot["grad"]`` is filled after the forward pass, once the entropy that the compensation loss needs
+    is known; a graph whose slot stays empty (e.g. a plain ``forward``) gives ``delta`` no gradient. This
+    trains a learned ``delta`` inside the host's own ``train()``: the host's loss backward delivers it.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, delta: th.Tensor, slot: dict[str, th.Tensor]) -> th.Tensor:
+        ctx.slot = slot
+        return delta.clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: th.Tensor) -> tuple[th.Tensor, None]:
+        compensation = ctx.slot.get("grad")
+        if compensation is None:
+            return th.zeros_like(grad_output), None
+        return compensation.to(grad_output), None
+
+
+def final_policy_entropy(distribution: Distribution) -> th.Tensor:
+    """Per-state entropy of the final bounded policy in the ``[-1, 1]``-scaled action space.
+
+    Exact for categorical and truncated-normal actions; for the tanh-squashed Gaussian (no closed form) the
+    one-sample Monte-Carlo estimate ``-log_prob`` of a fresh action per state.
+    """
+    if isinstance(distribution, CategoricalDistribution):
+        return distribution.entropy()
+    if isinstance(distribution, TruncatedNormalDistribution):
+        return distribution.entropy() - distribution.log_scale_correction
+    if isinstance(distribution, SquashedDiagGaussianDistribution):
+        actions = distribution.sample()
+        return -distribution.log_prob(actions, distribution.gaussian_actions)
+    raise TypeError(f"no ERA entropy measurement for {type(distribution).__name__}")
+
+
 def distribution_entropy_stats(
     distribution: Distribution, entropy_floor: float | None, action_half_range: np.ndarray | None = None
 ) -> dict[str, float]:
@@ -77,7 +117,7 @@ def distribution_entropy_stats(
     """
     stats = {} if entropy_floor is None else {"entropy_floor": float(entropy_floor)}
     if isinstance(distribution, CategoricalDistribution):
-        stats["policy_entropy"] = distribution.entropy().mean().item()
+        stats["policy_entropy"] = final_policy_entropy(distribution).mean().item()
         return stats
     if not isinstance(
         distribution,
@@ -96,11 +136,6 @@ def distribution_entropy_stats(
     gaussian = gaussian_entropy(log_std)
     stats["gaussian_entropy"] = gaussian.mean().item()
     stats["gaussian_entropy_min"] = gaussian.min().item()
-    if isinstance(distribution, TruncatedNormalDistribution):
-        stats["policy_entropy"] = (distribution.entropy() - distribution.log_scale_correction).mean().item()
-    elif isinstance(distribution, SquashedDiagGaussianDistribution):
-        # The tanh-squashed Gaussian has no closed-form entropy.
-        actions = distribution.sample()
-        log_prob = distribution.log_prob(actions, distribution.gaussian_actions)
-        stats["policy_entropy"] = -log_prob.mean().item()
+    if not unbounded:
+        stats["policy_entropy"] = final_policy_entropy(distribution).mean().item()
     return stats

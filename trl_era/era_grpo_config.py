@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 from trl import GRPOConfig
 
-from era_core import check_response_era_args
+from era_core import check_adv_threshold, check_response_era_args
 
 
 @dataclass
@@ -17,7 +16,7 @@ class ERAGRPOConfig(GRPOConfig):
     (Entropy Regularizing Activation) options below.
 
     ERA leaves sampling untouched. In the loss, the sampled tokens' log-probabilities of a response `r` with
-    advantage `A_r > era_adv_threshold` are read from `log_softmax(c_r * logits / temperature)`, where `c_r = era_k`
+    advantage `A_r > 0`, `A_r >= era_adv_threshold` are read from `log_softmax(c_r * logits / temperature)`, where `c_r = era_k`
     when the response's entropy `H_r` (the mean of its `era_top_fraction` highest token entropies) is below `era_lb`,
     `c_r = 1 / era_k` when it is above `era_ub`, and `c_r = 1` otherwise. This pushes the policy's entropy into
     `[era_lb, era_ub]` without an entropy bonus.
@@ -50,8 +49,9 @@ class ERAGRPOConfig(GRPOConfig):
             Whether to divide the advantage of a rescaled response by its factor (`A_r / era_k` when sharpened,
             `A_r * era_k` when flattened). The authors report that it does not change results.
         era_adv_threshold (`float`, *optional*, defaults to `0.0`):
-            A response is rescaled only when its advantage is greater than this threshold. `0.0` is the paper's rule;
-            the authors' released code effectively used `1.0` (it stored advantages in an integer tensor).
+            A response is rescaled only when its advantage is positive and at least this threshold (must be `>= 0`).
+            `0.0` is the paper's rule `A_r > 0`; `1.0` is the authors' released code, `A_r >= 1` (it stored
+            advantages in an integer tensor).
     """
 
     era_lb: float = field(
@@ -98,8 +98,8 @@ class ERAGRPOConfig(GRPOConfig):
     era_adv_threshold: float = field(
         default=0.0,
         metadata={
-            "help": "A response is rescaled only when its advantage is greater than this threshold. 0.0 is the "
-            "paper's rule; 1.0 reproduces the authors' released code."
+            "help": "A response is rescaled only when its advantage is positive and at least this threshold "
+            "(>= 0). 0.0 is the paper's rule A > 0; 1.0 is the authors' released code, A >= 1."
         },
     )
 
@@ -108,8 +108,7 @@ class ERAGRPOConfig(GRPOConfig):
         check_response_era_args(self.era_lb, self.era_ub, self.era_k, self.era_top_fraction)
         if self.era_topk_logits is not None and self.era_topk_logits < 1:
             raise ValueError(f"era_topk_logits must be None or an integer >= 1, got {self.era_topk_logits}")
-        if not math.isfinite(self.era_adv_threshold):
-            raise ValueError(f"era_adv_threshold must be a finite number, got {self.era_adv_threshold}")
+        check_adv_threshold(self.era_adv_threshold, "era_adv_threshold")
         # The same test by which `GRPOTrainer` decides to compute "old" log-probs for importance sampling.
         generate_every = self.steps_per_generation * self.num_iterations
         if self.gradient_accumulation_steps % generate_every != 0:

@@ -100,7 +100,34 @@ def test_outputs_and_gradients_finite(dtype: torch.dtype) -> None:
     log_std = era(z)
     assert log_std.dtype == dtype and torch.isfinite(log_std).all()
     log_std.float().sum().backward()
-    assert torch.isfinite(z.grad).all() and torch.isfinite(era.delta.grad).all()
+    assert torch.isfinite(z.grad).all()
+
+
+def test_learned_delta_gets_gradient_only_from_the_compensation_loss() -> None:
+    era = GaussianERA(3, learn_delta=True)
+    z = torch.randn(4, 3, requires_grad=True)
+    era(z).sum().backward()
+    assert era.delta.grad is None
+    era.compensation_loss(torch.full((4,), 5.0)).backward()
+    assert era.delta.grad.item() == pytest.approx(-5.0 - era.target_entropy)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64])
+@pytest.mark.parametrize("dim", [1, 6, 17, 64])
+def test_floor_holds_in_every_dtype(dtype: torch.dtype, dim: int) -> None:
+    era = GaussianERA(dim, target_entropy_per_dim=-0.5, log_std_min=-8.0)
+    log_std = era(_pre_activations(256, dim, dim).to(dtype))
+    assert log_std.dtype == dtype
+    entropy = gaussian_entropy(log_std.double())
+    assert torch.all(entropy >= era.target_entropy - 1e-5 * dim)
+    assert torch.all(log_std >= -8.0) and torch.all(log_std <= 0.0)
+
+
+def test_float64_is_computed_in_float64() -> None:
+    z = _pre_activations(64, 17, 1).double()
+    k = -0.5 * 17 - 0.5 * 17 * math.log(2 * math.pi * math.e)
+    expected = (k * torch.softmax(z, dim=-1)).clamp_min(-8.0)
+    torch.testing.assert_close(gaussian_era_log_std(z, -0.5 * 17), expected, rtol=1e-13, atol=1e-13)
 
 
 def test_learned_delta_grows_when_entropy_is_below_target() -> None:

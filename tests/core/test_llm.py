@@ -27,9 +27,10 @@ def _reference_factors(entropy, mask, advantages, lb, ub, k, top_fraction, thres
             continue
         top = max(1, math.floor(top_fraction * len(values)))
         h_resp = sum(values[:top]) / top
-        if advantages[row] > threshold and h_resp < lb:
+        eligible = advantages[row] > 0 and advantages[row] >= threshold
+        if eligible and h_resp < lb:
             factors.append(k)
-        elif advantages[row] > threshold and h_resp > ub:
+        elif eligible and h_resp > ub:
             factors.append(1.0 / k)
         else:
             factors.append(1.0)
@@ -75,12 +76,15 @@ def test_empty_responses_get_factor_one() -> None:
 
 
 def test_advantage_threshold_reproduces_released_code_rule() -> None:
-    entropy, mask = torch.zeros(3, 5), torch.ones(3, 5)
-    advantages = torch.tensor([0.5, 1.0, 1.5])
+    entropy, mask = torch.zeros(5, 5), torch.ones(5, 5)
+    advantages = torch.tensor([0.0, 0.5, 0.999, 1.0, 1.5])
     paper = response_logit_factors(entropy, mask, advantages, lb=0.45, ub=3.0)
-    released = response_logit_factors(entropy, mask, advantages, lb=0.45, ub=3.0, adv_threshold=0.999)
-    torch.testing.assert_close(paper, torch.tensor([2.0, 2.0, 2.0]))
-    torch.testing.assert_close(released, torch.tensor([1.0, 2.0, 2.0]))
+    released = response_logit_factors(entropy, mask, advantages, lb=0.45, ub=3.0, adv_threshold=1.0)
+    torch.testing.assert_close(paper, torch.tensor([1.0, 2.0, 2.0, 2.0, 2.0]))
+    # The released code compares integer-cast advantages, int(A) > 0, i.e. A >= 1.
+    integer_rule = (advantages.to(torch.int64) > 0).float() + 1.0
+    torch.testing.assert_close(released, integer_rule)
+    torch.testing.assert_close(released, torch.tensor([1.0, 1.0, 1.0, 2.0, 2.0]))
 
 
 def test_per_token_advantages_are_accepted() -> None:
@@ -96,6 +100,7 @@ def test_per_token_advantages_are_accepted() -> None:
         (dict(lb=-0.1, ub=1.0), "0 <= lb < ub"),
         (dict(lb=0.1, ub=1.0, k=1.0), "k must be"),
         (dict(lb=0.1, ub=1.0, top_fraction=0.0), "top_fraction"),
+        (dict(lb=0.1, ub=1.0, adv_threshold=-1.0), "adv_threshold must be a finite number >= 0"),
     ],
 )
 def test_bad_arguments_raise(kwargs: dict, message: str) -> None:

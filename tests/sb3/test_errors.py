@@ -93,16 +93,6 @@ def test_invalid_era_arguments_raise_at_construction(policy_class, action_space,
         policy_class(OBS_SPACE, action_space, _lr, **kwargs)
 
 
-def test_a_knob_given_both_at_the_top_level_and_in_policy_kwargs_raises():
-    with pytest.raises(ValueError, match="given twice"):
-        ERASAC(
-            "MlpPolicy",
-            ReachTargetEnv(),
-            target_entropy_per_dim=-0.5,
-            policy_kwargs=dict(target_entropy_per_dim=-1.0),
-        )
-
-
 def test_top_level_knobs_reach_the_policy():
     model = ERASAC("MlpPolicy", ReachTargetEnv(), target_entropy_per_dim=-1.0, action_distribution="tanh")
     assert model.policy.actor.era.target_entropy == -3.0

@@ -164,3 +164,12 @@ def test_learning_curve_plot_rejects_empty_or_ragged_curves(tmp_path):
         plot_learning_curves({"SAC": []}, tmp_path / "a.png")
     with pytest.raises(ValueError, match="2 steps but 3 returns"):
         plot_learning_curves({"SAC": [([1, 2], [1.0, 2.0, 3.0])]}, tmp_path / "b.png")
+
+
+def test_plain_logs_print_a_line_per_evaluation(tmp_path, capsys):
+    main([*TINY_RUN, "--baseline", "--no-progress-bar", "--output-dir", str(tmp_path)])
+    lines = [line for line in capsys.readouterr().out.splitlines() if "steps/s" in line]
+    assert [line.split("]")[0] + "]" for line in lines] == ["[SAC-ERA seed 0]"] * 2 + ["[SAC seed 0]"] * 2
+    assert [int(line.split("steps")[1].split()[0]) for line in lines] == [150, 300] * 2
+    for line in lines:
+        assert "return" in line and "policy H" in line

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import subprocess
 import sys
@@ -65,6 +66,23 @@ SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", 
 @pytest.fixture(scope="module", autouse=True)
 def registered():
     zoo.register_zoo_algorithms()
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        "rl_zoo3.train",
+        "rl_zoo3.enjoy",
+        "rl_zoo3.load_from_hub",
+        "rl_zoo3.plots.all_plots",
+        "rl_zoo3.plots.plot_from_file",
+        "rl_zoo3.plots.plot_train",
+        "rliable.library",
+    ],
+)
+def test_the_zoo_extra_installs_what_rl_zoo3_imports(module):
+    # rl-zoo3 imports more than it declares (requests, seaborn, pandas, scipy); era-rl[zoo] declares them.
+    importlib.import_module(module)
 
 
 def test_registration_adds_every_era_algorithm_sampler_and_converter():
@@ -354,6 +372,23 @@ def test_train_sac_era_then_enjoy_it(tmp_path, capsys):
         ["enjoy", "--algo", "sac_era", "--env", "Pendulum-v1", "-f", str(tmp_path / "logs"), *enjoy_options]
     )
     assert "Mean reward:" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("algo", "overrides"),
+    [
+        ("sac_era", ["-n", "120", "-params", "learning_starts:100"]),
+        ("ppo_era", ["-n", "64", "-params", "n_envs:1", "n_steps:64", "batch_size:32", "n_epochs:1"]),
+    ],
+)
+def test_params_overrides_an_era_knob_of_the_shipped_file(tmp_path, algo, overrides):
+    # The shipped files put target_entropy_per_dim in policy_kwargs; rl-zoo3's -params gives it at the top level.
+    model = ALGOS[algo].load(
+        _train(tmp_path, algo, *overrides, "target_entropy_per_dim:-1.25", "log_std_min:-6")
+    )
+    era = model.policy.actor.era if algo == "sac_era" else model.policy.log_std_era
+    assert era.target_entropy == pytest.approx(-1.25)  # Pendulum: one action dimension
+    assert era.log_std_min == -6.0
 
 
 @pytest.mark.parametrize(

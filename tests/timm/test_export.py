@@ -87,3 +87,27 @@ def test_optimizer_with_layer_decay(images) -> None:
     assert (
         scale_of[id(model.patch_embed.proj.weight)] == scales[0] == pytest.approx(0.75 ** (len(scales) - 1))
     )
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_torch_fx_symbolic_trace(arch, images) -> None:
+    model = timm.create_model(f"{arch}_era", num_classes=10, **ARCHITECTURES[arch]).eval()
+    traced = torch.fx.symbolic_trace(model)
+    torch.testing.assert_close(traced(images), model(images))
+    # The traced graph keeps the head's class-count check.
+    with pytest.raises(ValueError, match="10 classes"):
+        torch.fx.symbolic_trace(model.era)(torch.zeros(2, 7))
+
+
+@pytest.mark.parametrize("arch", ["resnet10t", "vit_tiny_patch16_224", "convnext_atto", "efficientnet_b0"])
+def test_timm_fx_feature_extraction(arch, images) -> None:
+    model = timm.create_model(f"{arch}_era", num_classes=10, **ARCHITECTURES[arch]).eval()
+    _, eval_nodes = timm.models.get_graph_node_names(model)
+    extractor = timm.models.create_feature_extractor(model, return_nodes={eval_nodes[-1]: "logits"})
+    torch.testing.assert_close(extractor(images)["logits"], model(images))
+    # timm's FX feature wrapper gives the ERA model's features as it gives the plain model's.
+    plain = timm.create_model(arch, num_classes=10, **ARCHITECTURES[arch]).eval()
+    plain.load_state_dict(model.state_dict())
+    got = timm.models.FeatureGraphNet(model, out_indices=(-2, -1))(images)
+    expected = timm.models.FeatureGraphNet(plain, out_indices=(-2, -1))(images)
+    torch.testing.assert_close(got, expected)

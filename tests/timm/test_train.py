@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -71,9 +71,9 @@ def test_infeasible_floor_fails_before_training(tmp_path) -> None:
         _run(tmp_path, "--model", "resnet10t_era", "--min-entropy", "3.0")
 
 
-@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun not on PATH")
 def test_torchrun_ddp_on_cpu_with_gloo(tmp_path) -> None:
-    command = ["torchrun", "--standalone", "--nproc_per_node=2", "-m", "timm_era.train", *FAST,
+    # The interpreter's own torchrun, so that it runs wherever the package is installed (no PATH needed).
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "timm_era.train", *FAST,
                "--model", "resnet10t_era", "--epochs", "1", "--device", "cpu", "--output", str(tmp_path),
                "--experiment", "ddp"]  # fmt: skip
     env = dict(os.environ, OMP_NUM_THREADS="1")

@@ -43,6 +43,7 @@ def test_defaults_are_the_authors_and_every_field_is_documented(config_kwargs):
         (dict(era_top_fraction=1.5), r"top_fraction must be in \(0, 1\]"),
         (dict(era_topk_logits=0), "era_topk_logits must be None or an integer >= 1"),
         (dict(era_adv_threshold=float("nan")), "era_adv_threshold must be a finite number"),
+        (dict(era_adv_threshold=-0.5), "era_adv_threshold must be a finite number >= 0"),
         (dict(num_iterations=2), "ERA needs on-policy training"),
         (dict(steps_per_generation=2), "ERA needs on-policy training"),
         (dict(gradient_accumulation_steps=4, steps_per_generation=3, num_generations=2), "on-policy"),
