@@ -12,7 +12,8 @@ optimizer, schedule, batch size, label smoothing 0.1, seed):
 
 After each run the final checkpoint is evaluated on the test set once more for the reliability diagram's bins (its
 ECE must equal the run's own). Resumable: a run whose directory already holds ``results.json`` and ``last.pth.tar``
-is not retrained, so the same command completes a partial set. The JSON (every run, its command and bins) is
+is not retrained and an interrupted one continues from its last epoch checkpoint (``resumed`` in its JSON row), so
+the same command completes a partial set. The JSON (every run, its command and bins) is
 rewritten after each run; one reliability-diagram PNG per arm (bins summed over the finished seeds).
 
     python benchmarks/timm_fashion_mnist_constructions.py --seeds 0 1 2 --jobs 2
@@ -99,19 +100,27 @@ def run_one(args: argparse.Namespace, arm: str, seed: int) -> dict:
     command = run_command(args, arm, seed)
     run_dir = Path(args.output) / f"{arm}-seed{seed}"
     start = time.time()
+    resumed = False
     if not ((run_dir / "results.json").exists() and (run_dir / "last.pth.tar").exists()):
+        # An interrupted run continues from its last epoch checkpoint (timm's --resume).
+        resumed = (run_dir / "last.pth.tar").exists()
         env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
         log_path = Path(args.output) / f"{arm}-seed{seed}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(log_path, "w") as log:
-            subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT, env=env)
+        with open(log_path, "a") as log:
+            resume = ["--resume", str(run_dir / "last.pth.tar")] if resumed else []
+            subprocess.run(command + resume, check=True, stdout=log, stderr=subprocess.STDOUT, env=env)
     with open(run_dir / "results.json") as f:
         results = json.load(f)
     bins, ece = reliability(args, arm, run_dir)
     if abs(ece - results["eval"]["ece"]) > 1e-4:
         raise RuntimeError(f"{run_dir}: checkpoint ECE {ece} differs from the run's {results['eval']['ece']}")
-    seconds = sum(epoch["seconds"] for epoch in results["history"][-1:]) if results["history"] else 0.0
-    row = {"arm": arm, "seed": seed, "seconds": time.time() - start, "epoch_seconds_last": seconds}
+    row = {
+        "arm": arm,
+        "seed": seed,
+        "seconds": time.time() - start,
+        "resumed": resumed,
+    }
     row["command"] = " ".join(command[1:])
     row.update({k: results["eval"][k] for k in METRICS})
     row["reliability"] = bins
