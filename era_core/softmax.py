@@ -292,8 +292,10 @@ class SoftmaxERA(nn.Module):
         self.inverse = inverse
         self.construction = construction
         self.mixture = construction == "mixture"
-        # Paper map: (slope, offset) of the shares. Mixture: (log(1 - eps), log(eps / C)).
-        self.first, self.second = first, second
+        # Paper map: slope and offset of the shares; mixture: log(1 - eps) and log(eps / C). The other pair is nan:
+        # TorchScript compiles both branches of forward, so all four attributes exist.
+        self.slope, self.offset = (math.nan, math.nan) if self.mixture else (first, second)
+        self.log_keep, self.log_floor = (first, second) if self.mixture else (math.nan, math.nan)
 
     def forward(self, logits: torch.Tensor) -> torch.Tensor:
         if logits.shape[-1] != self.num_classes:
@@ -304,8 +306,8 @@ class SoftmaxERA(nn.Module):
                 + str(logits.shape)
             )
         if self.mixture:
-            return _mixture_transform(logits, self.first, self.second)
-        return _softmax_era_transform(logits, self.first, self.second, self.newton_steps)
+            return _mixture_transform(logits, self.log_keep, self.log_floor)
+        return _softmax_era_transform(logits, self.slope, self.offset, self.newton_steps)
 
     def extra_repr(self) -> str:
         return (
