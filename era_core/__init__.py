@@ -28,6 +28,8 @@ from era_core.llm import (
 from era_core.softmax import (
     SoftmaxERA,
     check_softmax_era_args,
+    max_probability,
+    smallest_entropy,
     softmax_era_feasible_range,
     softmax_era_logits,
 )
@@ -47,6 +49,7 @@ __all__ = [
     "gaussian_era_log_std",
     "logit_factors_from_response_entropy",
     "max_feasible_target",
+    "max_probability",
     "ndtri_exp",
     "rescalable_responses",
     "resolve_target_entropy",
@@ -54,6 +57,7 @@ __all__ = [
     "response_logit_factors",
     "scaled_advantages",
     "scaled_token_logprobs",
+    "smallest_entropy",
     "softmax_era_feasible_range",
     "softmax_era_logits",
     "top_entropy_mean",

@@ -207,6 +207,7 @@ class _ERAOnPolicyAlgorithm(_ERALoggingMixin):
         state_dependent_std: bool | None = None,
         min_entropy: float | None = None,
         softmax_tau: float | None = None,
+        softmax_construction: str | None = None,
         era_log_states: int = 256,
         policy_kwargs: dict[str, Any] | None = None,
         **kwargs: Any,
@@ -224,6 +225,7 @@ class _ERAOnPolicyAlgorithm(_ERALoggingMixin):
             state_dependent_std=state_dependent_std,
             min_entropy=min_entropy,
             softmax_tau=softmax_tau,
+            softmax_construction=softmax_construction,
         )
         super().__init__(
             policy,
@@ -258,6 +260,8 @@ _ON_POLICY_DOC = """
     :param state_dependent_std: Log-std from a network head instead of a parameter vector
     :param min_entropy: Entropy floor for ``Discrete`` actions
     :param softmax_tau: ``tau`` of the softmax ERA for ``Discrete`` actions (default 4)
+    :param softmax_construction: ``"paper"`` (default, loose floor), ``"mixture"`` or ``"calibrated"`` (tight: the
+        smallest reachable entropy is ``min_entropy``) for ``Discrete`` actions
     :param era_log_states: Number of recent states on which ``era/*`` is measured at each log dump
     :param ent_coef: Entropy bonus coefficient; keep 0 with ERA (any other value warns)
 """

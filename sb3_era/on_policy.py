@@ -24,6 +24,7 @@ from stable_baselines3.common.type_aliases import PyTorchObs, Schedule
 from torch import nn
 
 from era_core import GaussianERA, SoftmaxERA, check_softmax_era_args, softmax_era_feasible_range
+from era_core.softmax import Construction
 from sb3_era.distributions import TruncatedNormalDistribution
 from sb3_era.policies import (
     LOG_STD_MAX,
@@ -66,6 +67,10 @@ _PARAMS_DOC = """
         distribution (nats), inside the interval that :func:`era_core.softmax_era_feasible_range` gives
         (the error message states it)
     :param softmax_tau: ``Discrete`` only. ``tau`` of the softmax ERA (the authors' 4)
+    :param softmax_construction: ``Discrete`` only. ``"paper"`` (default, the authors' map: the floor holds loosely,
+        e.g. 10 actions and ``min_entropy=0.6`` let no entropy below 0.98 through), ``"mixture"`` or
+        ``"calibrated"`` (tight: the smallest entropy the policy can reach is ``min_entropy``); see
+        :class:`era_core.SoftmaxERA`
     :param args: Positional parameters of the host policy
     :param kwargs: Keyword parameters of the host policy (see ``ActorCriticPolicy``), e.g. ``net_arch``,
         ``log_std_init`` (the initial ERA pre-activation for the state-independent log-std; equal values
@@ -101,6 +106,7 @@ class ERAActorCriticMixin:
         state_dependent_std: bool = False,
         min_entropy: float | None = None,
         softmax_tau: float = SOFTMAX_TAU,
+        softmax_construction: Construction = "paper",
         **kwargs: Any,
     ):
         check_no_sde(kwargs.get("use_sde", False))
@@ -128,18 +134,20 @@ class ERAActorCriticMixin:
             if given:
                 raise ValueError(f"{', '.join(given)} apply to Box action spaces, not to {action_space}")
             if min_entropy is None:
-                low, high = softmax_era_feasible_range(int(action_space.n), softmax_tau)
+                low, high = softmax_era_feasible_range(int(action_space.n), softmax_tau, softmax_construction)
                 raise ValueError(
-                    f"ERA for Discrete actions needs min_entropy, the entropy floor (nats); for {action_space} "
-                    f"and softmax_tau={softmax_tau} it must lie in ({low:.4f}, {high:.4f}]"
+                    f"ERA for Discrete actions needs min_entropy, the entropy floor (nats); for {action_space}, "
+                    f"softmax_construction={softmax_construction!r} and softmax_tau={softmax_tau} it must lie in "
+                    f"({low:.4f}, {high:.4f}{']' if softmax_construction == 'paper' else ')'}"
                 )
-            check_softmax_era_args(int(action_space.n), min_entropy, softmax_tau)
+            check_softmax_era_args(int(action_space.n), min_entropy, softmax_tau, softmax_construction)
         else:
             check_bounded_box(action_space, "Box (continuous) and Discrete")
             check_action_distribution(action_distribution)
-            if min_entropy is not None or softmax_tau != SOFTMAX_TAU:
+            if min_entropy is not None or softmax_tau != SOFTMAX_TAU or softmax_construction != "paper":
                 raise ValueError(
-                    f"min_entropy and softmax_tau apply to Discrete action spaces, not to {action_space}"
+                    f"min_entropy, softmax_tau and softmax_construction apply to Discrete action spaces, not to "
+                    f"{action_space}"
                 )
         self.era_kwargs = dict(
             target_entropy=target_entropy,
@@ -153,6 +161,7 @@ class ERAActorCriticMixin:
             state_dependent_std=state_dependent_std,
             min_entropy=min_entropy,
             softmax_tau=softmax_tau,
+            softmax_construction=softmax_construction,
         )
         super().__init__(observation_space, action_space, lr_schedule, *args, **kwargs)
 
@@ -180,7 +189,12 @@ class ERAActorCriticMixin:
         super()._build(lr_schedule)
         knobs = self.era_kwargs
         if isinstance(self.action_space, spaces.Discrete):
-            self.logits_era = SoftmaxERA(int(self.action_space.n), knobs["min_entropy"], knobs["softmax_tau"])
+            self.logits_era = SoftmaxERA(
+                int(self.action_space.n),
+                knobs["min_entropy"],
+                knobs["softmax_tau"],
+                construction=knobs["softmax_construction"],
+            )
         else:
             action_dim = get_action_dim(self.action_space)
             self.log_std_era = GaussianERA(

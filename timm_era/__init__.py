@@ -14,6 +14,7 @@ variable ``TIMM_ERA_REGISTER=0`` before the import to skip it, and call :func:`r
 import os
 
 from timm_era.head import (
+    DEFAULT_ERA_CONSTRUCTION,
     DEFAULT_ERA_INVERSE,
     DEFAULT_ERA_TAU,
     apply_era,
@@ -27,6 +28,7 @@ from timm_era.head import (
 from timm_era.registry import create_era_model, era_model_name, plain_model_name, register_era_models
 
 __all__ = [
+    "DEFAULT_ERA_CONSTRUCTION",
     "DEFAULT_ERA_INVERSE",
     "DEFAULT_ERA_TAU",
     "apply_era",

@@ -19,9 +19,10 @@ import torch
 from torch import nn
 
 from era_core import SoftmaxERA, check_softmax_era_args
-from era_core.softmax import INVERSES, Inverse
+from era_core.softmax import CONSTRUCTIONS, INVERSES, Construction, Inverse
 
 __all__ = [
+    "DEFAULT_ERA_CONSTRUCTION",
     "DEFAULT_ERA_INVERSE",
     "DEFAULT_ERA_TAU",
     "ERAClassifierMixin",
@@ -36,8 +37,14 @@ __all__ = [
 
 DEFAULT_ERA_TAU = 4.0
 DEFAULT_ERA_INVERSE: Inverse = "approx"
+DEFAULT_ERA_CONSTRUCTION: Construction = "paper"
 ERA_SUFFIX = "_era"
-_ERA_ARGS = ("min_entropy", "era_tau", "era_inverse")  # create_model kwargs consumed by the ERA head
+_ERA_ARGS = (
+    "min_entropy",
+    "era_tau",
+    "era_inverse",
+    "era_construction",
+)  # create_model kwargs consumed by the ERA head
 
 # The authors' floors: 0.6 nats for CIFAR-10 (10 classes) and 1.2 for ImageNet (1000 classes). The default is the
 # line through both points in log10(num_classes): 0.3 * (1 + log10(C)).
@@ -55,13 +62,18 @@ def default_min_entropy(num_classes: int) -> float:
 
 
 def resolve_min_entropy(
-    num_classes: int, min_entropy: float | None, tau: float = DEFAULT_ERA_TAU
+    num_classes: int,
+    min_entropy: float | None,
+    tau: float = DEFAULT_ERA_TAU,
+    construction: Construction = DEFAULT_ERA_CONSTRUCTION,
 ) -> float | None:
     """The floor the head applies for ``num_classes`` classes, validated; ``None`` when the head has no classes.
 
     :param num_classes: classifier outputs; ``0`` (timm's "no classifier, return features") turns ERA off.
     :param min_entropy: floor in nats, or ``None`` for :func:`default_min_entropy`.
     :param tau: ERA's share cap parameter.
+    :param construction: ``"paper"``, ``"mixture"`` or ``"calibrated"`` (see :class:`era_core.SoftmaxERA`); the
+        feasible interval depends on it.
     :raises ValueError: for a 1-class head (its softmax is the constant 1, so no entropy floor can hold), a
         negative class count, or a floor outside the feasible interval (the message names the interval).
     """
@@ -75,7 +87,7 @@ def resolve_min_entropy(
         )
     if min_entropy is None:
         min_entropy = default_min_entropy(num_classes)
-    check_softmax_era_args(num_classes, min_entropy, tau)
+    check_softmax_era_args(num_classes, min_entropy, tau, construction)
     return float(min_entropy)
 
 
@@ -84,21 +96,29 @@ def build_era_head(
     min_entropy: float | None = None,
     tau: float = DEFAULT_ERA_TAU,
     inverse: Inverse = DEFAULT_ERA_INVERSE,
+    construction: Construction = DEFAULT_ERA_CONSTRUCTION,
 ) -> nn.Module:
     """``SoftmaxERA`` for a classifier with ``num_classes`` outputs, or ``nn.Identity`` when ``num_classes == 0``."""
     if inverse not in INVERSES:
         raise ValueError(f"era_inverse must be one of {INVERSES}, got {inverse!r}")
-    floor = resolve_min_entropy(num_classes, min_entropy, tau)
+    if construction not in CONSTRUCTIONS:
+        raise ValueError(f"era_construction must be one of {CONSTRUCTIONS}, got {construction!r}")
+    if construction == "mixture" and (tau != DEFAULT_ERA_TAU or inverse != DEFAULT_ERA_INVERSE):
+        raise ValueError(
+            f"era_tau and era_inverse configure the paper's share map; era_construction='mixture' takes neither "
+            f"(got era_tau={tau}, era_inverse={inverse!r})"
+        )
+    floor = resolve_min_entropy(num_classes, min_entropy, tau, construction)
     if floor is None:
         return nn.Identity()
-    return SoftmaxERA(num_classes, floor, tau=tau, inverse=inverse)
+    return SoftmaxERA(num_classes, floor, tau=tau, inverse=inverse, construction=construction)
 
 
 class ERAClassifierMixin:
     """Methods that :func:`era_class` puts in front of a timm model class.
 
     Attributes set by :func:`apply_era`: ``era`` (the activation module), ``era_min_entropy`` (the floor as given,
-    ``None`` for the class-count default), ``era_tau`` and ``era_inverse``. ``model.era.min_entropy`` is the floor
+    ``None`` for the class-count default), ``era_tau``, ``era_inverse`` and ``era_construction``. ``model.era.min_entropy`` is the floor
     in force. (No class-level annotations here: TorchScript would read them as attribute types.)
     """
 
@@ -110,7 +130,9 @@ class ERAClassifierMixin:
 
     def reset_classifier(self, num_classes: int, *args: Any, **kwargs: Any) -> None:
         """timm's ``reset_classifier``; the ERA head is rebuilt (and validated first) for the new class count."""
-        head = build_era_head(num_classes, self.era_min_entropy, self.era_tau, self.era_inverse)
+        head = build_era_head(
+            num_classes, self.era_min_entropy, self.era_tau, self.era_inverse, self.era_construction
+        )
         super().reset_classifier(num_classes, *args, **kwargs)
         self.era = head
 
@@ -171,6 +193,7 @@ def apply_era(
     min_entropy: float | None = None,
     tau: float = DEFAULT_ERA_TAU,
     inverse: Inverse = DEFAULT_ERA_INVERSE,
+    construction: Construction = DEFAULT_ERA_CONSTRUCTION,
 ) -> nn.Module:
     """Give a timm classifier an ERA head, in place, and return it.
 
@@ -181,9 +204,12 @@ def apply_era(
     :param model: a timm classification model (has ``forward_head(x, pre_logits)`` and ``reset_classifier``).
     :param min_entropy: entropy floor in nats; ``None`` uses :func:`default_min_entropy` for the class count.
     :param tau: ERA's share cap parameter (authors: 4).
-    :param inverse: ``"approx"`` (the paper's closed form) or ``"newton"`` (exact inverse, exact floor).
+    :param inverse: ``"approx"`` (the paper's closed form) or ``"newton"`` (exact inverse of the share map).
+    :param construction: ``"paper"`` (default; the floor holds loosely: 10 classes, floor 0.6 -> smallest entropy
+        0.98), ``"mixture"`` or ``"calibrated"`` (tight: the smallest output entropy equals the floor). See
+        :class:`era_core.SoftmaxERA`.
     :raises TypeError: when the model has no timm classifier head.
-    :raises ValueError: for an infeasible floor, a 1-class head or an unknown ``inverse``.
+    :raises ValueError: for an infeasible floor, a 1-class head, an unknown ``inverse`` or ``construction``.
     """
     num_classes = getattr(model, "num_classes", None)
     if num_classes is None or not hasattr(model, "reset_classifier"):
@@ -192,12 +218,13 @@ def apply_era(
             f"{type(model).__name__}"
         )
     cls = era_class(type(model))
-    head = build_era_head(num_classes, min_entropy, tau, inverse)
+    head = build_era_head(num_classes, min_entropy, tau, inverse, construction)
     model.__class__ = cls
     model.era = head
     model.era_min_entropy = None if min_entropy is None else float(min_entropy)
     model.era_tau = float(tau)
     model.era_inverse = inverse
+    model.era_construction = construction
     _set_architecture(model, era=True)
     _record_model_args(model)
     return model
@@ -209,7 +236,7 @@ def remove_era(model: nn.Module) -> nn.Module:
         raise ValueError(f"{type(model).__name__} has no ERA head to remove")
     plain_class = model._plain_class
     del model.era
-    for name in ("era_min_entropy", "era_tau", "era_inverse"):
+    for name in ("era_min_entropy", "era_tau", "era_inverse", "era_construction"):
         delattr(model, name)
     model.__class__ = plain_class
     _set_architecture(model, era=False)
@@ -239,4 +266,6 @@ def _record_model_args(model: nn.Module) -> None:
         args["era_tau"] = model.era_tau
     if model.era_inverse != DEFAULT_ERA_INVERSE:
         args["era_inverse"] = model.era_inverse
+    if model.era_construction != DEFAULT_ERA_CONSTRUCTION:
+        args["era_construction"] = model.era_construction
     model._model_args = args

@@ -21,7 +21,8 @@ class ClassificationMetrics:
 
     ``compute()`` returns ``top1`` and ``top5`` (percent, as timm reports them), ``nll`` (mean negative
     log-likelihood of the target, nats), ``ece`` (``num_bins`` equal-width confidence bins, in [0, 1]),
-    ``entropy_mean`` / ``entropy_min`` (nats, of ``softmax(logits)``) and ``count``.
+    ``entropy_mean`` / ``entropy_min`` (nats, of ``softmax(logits)``) and ``count``; ``reliability()`` returns the
+    per-bin counts, mean confidences and accuracies behind the ECE (a reliability diagram's data).
 
     :param num_bins: confidence bins of the ECE.
     """
@@ -31,7 +32,9 @@ class ClassificationMetrics:
             raise ValueError(f"num_bins must be at least 1, got {num_bins}")
         self.num_bins = num_bins
         self.sums = torch.zeros(5, dtype=torch.float64)  # count, top1, top5, nll, entropy
-        self.bins = torch.zeros(2, num_bins, dtype=torch.float64)  # per bin: confidence sum, correct sum
+        self.bins = torch.zeros(
+            3, num_bins, dtype=torch.float64
+        )  # per bin: confidence sum, correct sum, count
         self.entropy_min = torch.tensor(float("inf"), dtype=torch.float64)
 
     @torch.no_grad()
@@ -60,6 +63,7 @@ class ClassificationMetrics:
         index = (confidence * self.num_bins).long().clamp_(max=self.num_bins - 1)
         self.bins[0].index_add_(0, index, confidence)
         self.bins[1].index_add_(0, index, correct)
+        self.bins[2].index_add_(0, index, torch.ones_like(correct))
         if len(entropy):
             self.entropy_min = torch.minimum(self.entropy_min, entropy.min())
 
@@ -76,7 +80,7 @@ class ClassificationMetrics:
         if count == 0:
             raise ValueError("no samples were added")
         # ECE = sum over bins of (bin size / N) * |mean confidence - accuracy| = sum |confidence sum - correct sum| / N
-        confidence, correct = self.bins
+        confidence, correct, _ = self.bins
         ece = ((confidence - correct).abs().sum() / count).item()
         return {
             "top1": 100.0 * float(self.sums[1]) / count,
@@ -86,4 +90,17 @@ class ClassificationMetrics:
             "entropy_mean": float(self.sums[4]) / count,
             "entropy_min": float(self.entropy_min),
             "count": int(count),
+        }
+
+    def reliability(self) -> dict[str, list[float]]:
+        """Per confidence bin (``num_bins`` equal-width bins of ``[0, 1]``): ``count``, mean ``confidence`` and
+        ``accuracy`` (both ``nan`` for an empty bin), and the bin ``edges`` (``num_bins + 1`` values)."""
+        confidence, correct, count = self.bins
+        if float(count.sum()) == 0:
+            raise ValueError("no samples were added")
+        return {
+            "edges": torch.linspace(0.0, 1.0, self.num_bins + 1, dtype=torch.float64).tolist(),
+            "count": count.tolist(),
+            "confidence": (confidence / count).tolist(),
+            "accuracy": (correct / count).tolist(),
         }

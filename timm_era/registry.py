@@ -21,7 +21,14 @@ from timm.models._registry import get_pretrained_cfg, split_model_name_tag
 from torch import nn
 
 from timm_era import era_models
-from timm_era.head import DEFAULT_ERA_INVERSE, DEFAULT_ERA_TAU, ERA_SUFFIX, apply_era, resolve_min_entropy
+from timm_era.head import (
+    DEFAULT_ERA_CONSTRUCTION,
+    DEFAULT_ERA_INVERSE,
+    DEFAULT_ERA_TAU,
+    ERA_SUFFIX,
+    apply_era,
+    resolve_min_entropy,
+)
 
 __all__ = ["ERA_MODULE", "create_era_model", "era_model_name", "plain_model_name", "register_era_models"]
 
@@ -95,6 +102,7 @@ def create_era_model(
     min_entropy: float | None = None,
     era_tau: float = DEFAULT_ERA_TAU,
     era_inverse: str = DEFAULT_ERA_INVERSE,
+    era_construction: str = DEFAULT_ERA_CONSTRUCTION,
     **kwargs: Any,
 ) -> nn.Module:
     """Build plain ``arch`` with its own entrypoint and the ERA name's pretrained cfg, then apply the ERA head.
@@ -103,7 +111,9 @@ def create_era_model(
     :param pretrained: load the weights named by the (mirrored) pretrained cfg.
     :param min_entropy: entropy floor in nats; ``None``: :func:`timm_era.default_min_entropy` of the class count.
     :param era_tau: ERA's share cap parameter (authors: 4).
-    :param era_inverse: ``"approx"`` (paper) or ``"newton"`` (exact floor).
+    :param era_inverse: ``"approx"`` (paper) or ``"newton"`` (exact inverse of the share map).
+    :param era_construction: ``"paper"`` (default, loose floor), ``"mixture"`` or ``"calibrated"`` (tight floor: the
+        smallest output entropy equals ``min_entropy``); see :class:`era_core.SoftmaxERA`.
     :param kwargs: everything else ``timm.create_model`` passes to an entrypoint (``num_classes``,
         ``pretrained_cfg`` as tag / dict / ``PretrainedCfg``, ``pretrained_cfg_overlay``, ``drop_rate``...).
         ``features_only=True`` returns timm's feature extractor: it has no classifier, so no ERA head.
@@ -115,10 +125,10 @@ def create_era_model(
             )
         return model_entrypoint(arch)(pretrained=pretrained, **kwargs)
     if "num_classes" in kwargs:  # fail before building (and downloading) when the floor cannot hold
-        resolve_min_entropy(kwargs["num_classes"], min_entropy, era_tau)
+        resolve_min_entropy(kwargs["num_classes"], min_entropy, era_tau, era_construction)
     kwargs["pretrained_cfg"] = _era_pretrained_cfg(arch + ERA_SUFFIX, kwargs.get("pretrained_cfg"))
     model = model_entrypoint(arch)(pretrained=pretrained, **kwargs)
-    return apply_era(model, min_entropy, tau=era_tau, inverse=era_inverse)
+    return apply_era(model, min_entropy, tau=era_tau, inverse=era_inverse, construction=era_construction)
 
 
 def _era_pretrained_cfg(

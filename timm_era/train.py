@@ -53,6 +53,7 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Tens
 from tqdm import tqdm
 
 import timm_era
+from era_core.softmax import CONSTRUCTIONS
 from timm_era.data import IN_MEMORY_DATASETS, load_in_memory_dataset
 from timm_era.head import ERA_SUFFIX
 from timm_era.metrics import ClassificationMetrics
@@ -110,6 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="ERA inverse: the paper's closed form (default) or exact Newton",
     )
+    group.add_argument(
+        "--era-construction",
+        choices=CONSTRUCTIONS,
+        default=None,
+        help="ERA construction: paper (default, loose floor), mixture or calibrated (tight: min entropy = floor)",
+    )
 
     group = parser.add_argument_group("Optimizer and schedule")
     group.add_argument("--opt", default="sgd", help="optimizer (timm.optim.create_optimizer_v2 name)")
@@ -159,12 +166,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _era_kwargs(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str, Any]:
-    given = {"min_entropy": args.min_entropy, "era_tau": args.era_tau, "era_inverse": args.era_inverse}
+    given = {
+        "min_entropy": args.min_entropy,
+        "era_tau": args.era_tau,
+        "era_inverse": args.era_inverse,
+        "era_construction": args.era_construction,
+    }
     given = {k: v for k, v in given.items() if v is not None}
     arch = timm.models.get_arch_name(timm.models.parse_model_name(args.model)[1])
     if given and not arch.endswith(ERA_SUFFIX):
         parser.error(
-            f"--min-entropy/--era-tau/--era-inverse need an ERA model (e.g. {arch}_era), got {args.model}"
+            f"--min-entropy/--era-tau/--era-inverse/--era-construction need an ERA model (e.g. {arch}_era), got {args.model}"
         )
     return given
 
@@ -476,6 +488,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "dataset": args.dataset,
         "num_classes": model.num_classes,
         "min_entropy": _era_floor(model),
+        "era_construction": model.era.construction if _era_floor(model) is not None else None,
         "epochs": num_epochs,
         "seed": args.seed,
         "world_size": args.world_size,

@@ -72,13 +72,45 @@ def test_infeasible_or_missing_discrete_min_entropy_raises_with_the_feasible_int
 
 
 @pytest.mark.parametrize(
+    ("construction", "interval"), [("mixture", r"\(0.0000, 1.0986\)"), ("calibrated", r"\(0.0000, 1.0986\)")]
+)
+def test_tight_discrete_floor_raises_with_its_own_feasible_interval(construction, interval):
+    with pytest.raises(ValueError, match=rf"feasible interval is {interval}"):
+        ERAActorCriticPolicy(
+            OBS_SPACE, spaces.Discrete(3), _lr, min_entropy=1.1, softmax_construction=construction
+        )
+    with pytest.raises(ValueError, match=rf"must lie in {interval}"):
+        ERAActorCriticPolicy(OBS_SPACE, spaces.Discrete(3), _lr, softmax_construction=construction)
+    with pytest.raises(ValueError, match="construction='mixture' has neither"):
+        ERAActorCriticPolicy(
+            OBS_SPACE,
+            spaces.Discrete(3),
+            _lr,
+            min_entropy=0.5,
+            softmax_tau=5.0,
+            softmax_construction="mixture",
+        )
+
+
+@pytest.mark.parametrize(
     ("policy_class", "action_space", "kwargs", "message"),
     [
         (ERASACPolicy, BOX, dict(target_entropy=-1.0, target_entropy_per_dim=-0.5), "not both"),
         (ERASACPolicy, BOX, dict(action_distribution="beta"), "action_distribution must be one of"),
         (ERASACPolicy, BOX, dict(floor="episode"), "floor must be one of"),
         (ERASACPolicy, BOX, dict(floor="batch", learn_delta=True), "per-state floor only"),
-        (ERAActorCriticPolicy, BOX, dict(min_entropy=0.5), "min_entropy and softmax_tau apply to Discrete"),
+        (
+            ERAActorCriticPolicy,
+            BOX,
+            dict(min_entropy=0.5),
+            "min_entropy, softmax_tau and softmax_construction apply to Discrete",
+        ),
+        (
+            ERAActorCriticPolicy,
+            BOX,
+            dict(softmax_construction="mixture"),
+            "min_entropy, softmax_tau and softmax_construction apply to Discrete",
+        ),
         (
             ERAActorCriticPolicy,
             spaces.Discrete(3),
@@ -86,7 +118,15 @@ def test_infeasible_or_missing_discrete_min_entropy_raises_with_the_feasible_int
             "apply to Box",
         ),
     ],
-    ids=["two-targets", "distribution", "floor", "batch-delta", "min_entropy-box", "target-discrete"],
+    ids=[
+        "two-targets",
+        "distribution",
+        "floor",
+        "batch-delta",
+        "min_entropy-box",
+        "construction-box",
+        "target-discrete",
+    ],
 )
 def test_invalid_era_arguments_raise_at_construction(policy_class, action_space, kwargs, message):
     with pytest.raises(ValueError, match=message):

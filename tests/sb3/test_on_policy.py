@@ -122,6 +122,19 @@ def test_discrete_actions_keep_the_categorical_entropy_above_min_entropy(algo):
     assert policy.entropy_floor() == 0.4
 
 
+@pytest.mark.parametrize("construction", ["mixture", "calibrated"])
+@pytest.mark.parametrize("algo", [ERAPPO, ERAA2C], ids=lambda algo: algo.__name__)
+def test_tight_discrete_floor_is_reached_by_a_saturated_policy(algo, construction):
+    """With a tight construction the floor is the policy's least entropy: a saturated action head reaches it."""
+    model = _train(algo, "CartPole-v1", steps=64, min_entropy=0.4, softmax_construction=construction)
+    policy = model.policy
+    with th.no_grad():
+        policy.action_net.weight.mul_(1e4)
+        entropies = categorical_entropy(policy.get_distribution(_states(model)).distribution.logits.double())
+    assert entropies.min().item() >= 0.4 - 1e-5  # float32 logits
+    assert entropies.min().item() <= 0.4 + 1e-3
+
+
 @pytest.mark.parametrize(
     ("env_id", "kwargs"),
     [("Pendulum-v1", {}), ("CartPole-v1", {"min_entropy": 0.3})],

@@ -49,6 +49,12 @@ CASES = [
     (ERACrossQ, OFF_POLICY_KNOBS, dict(learning_starts=32, batch_size=16)),
     (ERAPPO, ON_POLICY_KNOBS, dict(n_steps=32, batch_size=16, n_epochs=1)),
     (ERAA2C, dict(ON_POLICY_KNOBS, action_distribution="truncated"), dict(n_steps=8)),
+    (
+        ERAPPO,
+        dict(min_entropy=0.4, softmax_construction="mixture"),
+        dict(n_steps=32, batch_size=16, n_epochs=1),
+    ),
+    (ERAA2C, dict(DISCRETE_KNOBS, softmax_construction="calibrated"), dict(n_steps=8)),
 ]
 # Both ReachTargetEnv and CartPole-v1 observe 4 numbers.
 OBS = np.random.default_rng(0).uniform(-1, 1, (64, 4)).astype(np.float32)
@@ -57,7 +63,16 @@ OBS = np.random.default_rng(0).uniform(-1, 1, (64, 4)).astype(np.float32)
 @pytest.mark.parametrize(
     ("algo", "knobs", "algo_kwargs"),
     CASES,
-    ids=["ERASAC", "ERAPPO-Discrete", "ERATQC-batch", "ERACrossQ", "ERAPPO", "ERAA2C"],
+    ids=[
+        "ERASAC",
+        "ERAPPO-Discrete",
+        "ERATQC-batch",
+        "ERACrossQ",
+        "ERAPPO",
+        "ERAA2C",
+        "ERAPPO-Discrete-mixture",
+        "ERAA2C-Discrete-calibrated",
+    ],
 )
 def test_model_save_load_keeps_every_era_knob_and_deterministic_actions(algo, knobs, algo_kwargs, tmp_path):
     env = "CartPole-v1" if "min_entropy" in knobs else ReachTargetEnv()
@@ -115,6 +130,30 @@ def test_recurrent_policy_save_load_keeps_deterministic_actions(tmp_path):
     model.save(tmp_path / "model")
     loaded = RecurrentPPO.load(tmp_path / "model")
     assert loaded.policy.era_kwargs == model.policy.era_kwargs
+    starts = np.ones(len(OBS), dtype=bool)
+    np.testing.assert_array_equal(
+        loaded.predict(OBS, episode_start=starts, deterministic=True)[0],
+        model.predict(OBS, episode_start=starts, deterministic=True)[0],
+    )
+
+
+def test_recurrent_discrete_policy_keeps_its_tight_floor_through_save_and_load(tmp_path):
+    model = RecurrentPPO(
+        ERARecurrentActorCriticPolicy,
+        "CartPole-v1",
+        n_steps=32,
+        batch_size=16,
+        n_epochs=1,
+        policy_kwargs=dict(
+            net_arch=TINY_NET, lstm_hidden_size=8, min_entropy=0.3, softmax_construction="mixture"
+        ),
+        seed=0,
+    )
+    model.learn(32)
+    model.save(tmp_path / "model")
+    loaded = RecurrentPPO.load(tmp_path / "model")
+    assert loaded.policy.era_kwargs["softmax_construction"] == "mixture"
+    assert loaded.policy.logits_era.construction == "mixture"
     starts = np.ones(len(OBS), dtype=bool)
     np.testing.assert_array_equal(
         loaded.predict(OBS, episode_start=starts, deterministic=True)[0],
