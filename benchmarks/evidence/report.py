@@ -11,8 +11,8 @@ and writes to ``benchmarks/evidence/results/<protocol>/report/``:
   tasks on normalised scores (the protocol's reference scores); the probability that each arm improves on the
   baseline, with its interval; how many runs each number rests on.
 - ``final_scores.png`` (interval estimates), ``learning_curves.png`` (IQM over tasks and per task, with 95%
-  bands), ``probability_of_improvement.png`` and ``entropy.png`` (the policy's Gaussian entropy over
-  training, per task and arm, seeds' mean and range, with the ERA floor).
+  bands), ``probability_of_improvement.png`` and ``entropy.png`` (the policy's Gaussian entropy, or a
+  categorical policy's entropy, over training, per task and arm, seeds' mean and range, with the ERA floor).
 
 Only finished runs count; an incomplete protocol is reported as such (``runs`` against ``planned``).
 """
@@ -322,8 +322,10 @@ def _plot_entropy(protocol: Protocol, runs: dict[str, Any], out_dir: Path) -> No
                 continue
             length = min(len(trace["timesteps"]) for trace in traces)
             timesteps = traces[0]["timesteps"][:length]
-            values = np.array([trace["gaussian_entropy"][:length] for trace in traces])
-            (line,) = axis.plot(timesteps, values.mean(axis=0), label=f"{arm} Gaussian")
+            # The Gaussian entropy (continuous actions: what the floor binds), else the categorical policy's.
+            key = "gaussian_entropy" if "gaussian_entropy" in traces[0] else "policy_entropy"
+            values = np.array([trace[key][:length] for trace in traces])
+            (line,) = axis.plot(timesteps, values.mean(axis=0), label=f"{arm} {key.split('_')[0]}")
             axis.fill_between(
                 timesteps, values.min(axis=0), values.max(axis=0), alpha=0.2, color=line.get_color()
             )
