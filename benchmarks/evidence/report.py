@@ -206,7 +206,10 @@ def _plot_final_scores(summary: dict[str, Any], protocol: Protocol, out_dir: Pat
     arms = list(summary["final"])
     panels = [env for env in protocol.envs if any(summary["final"][arm][env]["n_runs"] for arm in arms)]
     figure, axes = plt.subplots(
-        1, len(panels) + bool(summary["aggregate"]), figsize=(3.2 * (len(panels) + 1), 2.6), squeeze=False
+        1,
+        len(panels) + bool(summary["aggregate"]),
+        figsize=(max(3.2 * (len(panels) + 1), 6.5), 2.6),
+        squeeze=False,
     )
     for axis, env in zip(axes[0], panels, strict=False):
         for row, arm in enumerate(arms):
@@ -259,7 +262,7 @@ def _plot_learning_curves(protocol: Protocol, runs: dict[str, Any], out_dir: Pat
     """IQM learning curves with 95% bands: over all tasks (normalised, when reference scores are given), per task."""
     normalised = all(env in protocol.reference_scores for env in protocol.envs) and len(protocol.envs) > 1
     panels = len(protocol.envs) + normalised
-    figure, axes = plt.subplots(1, panels, figsize=(3.4 * panels, 2.8), squeeze=False)
+    figure, axes = plt.subplots(1, panels, figsize=(max(3.4 * panels, 6.5), 2.8), squeeze=False)
     task_axes = axes[0][1:] if normalised else axes[0]
     for arm, per_env in runs.items():
         per_task = {env: _curves(per_env[env]) for env in protocol.envs}
@@ -314,7 +317,9 @@ def _plot_probability_of_improvement(summary: dict[str, Any], out_dir: Path) -> 
 
 
 def _plot_entropy(protocol: Protocol, runs: dict[str, Any], out_dir: Path) -> None:
-    figure, axes = plt.subplots(1, len(protocol.envs), figsize=(3.4 * len(protocol.envs), 2.8), squeeze=False)
+    figure, axes = plt.subplots(
+        1, len(protocol.envs), figsize=(max(3.4 * len(protocol.envs), 6.5), 2.8), squeeze=False
+    )
     for axis, env in zip(axes[0], protocol.envs, strict=True):
         for arm, per_env in runs.items():
             traces = [run["entropy"] for run in per_env[env].values() if "entropy" in run]
