@@ -13,8 +13,9 @@ optimizer, schedule, batch size, label smoothing 0.1, seed):
 After each run the final checkpoint is evaluated on the test set once more for the reliability diagram's bins (its
 ECE must equal the run's own). Resumable: a run whose directory already holds ``results.json`` and ``last.pth.tar``
 is not retrained and an interrupted one continues from its last epoch checkpoint (``resumed`` in its JSON row), so
-the same command completes a partial set. The JSON (every run, its command and bins) is
-rewritten after each run; one reliability-diagram PNG per arm (bins summed over the finished seeds).
+the same command completes a partial set. The JSON (every run, its command and bins) is rewritten after each
+run; a run already in it with the same command is kept and not run again, so the committed JSON alone carries
+finished runs over to a fresh checkout. One reliability-diagram PNG per arm (bins summed over the finished seeds).
 
     python benchmarks/timm_fashion_mnist_constructions.py --seeds 0 1 2 --jobs 2
 """
@@ -179,6 +180,20 @@ def plot_reliability(arm: str, arm_rows: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=100)
 
 
+def committed_rows(args: argparse.Namespace) -> list[dict]:
+    """Rows of ``args.out`` whose command is this invocation's: finished runs kept on a fresh checkout."""
+    out = Path(args.out)
+    if not out.exists():
+        return []
+    with open(out) as f:
+        rows = json.load(f)["runs"]
+    return [
+        r for r in rows
+        if r["arm"] in args.arms and r["seed"] in args.seeds
+        and r["command"] == " ".join(run_command(args, r["arm"], r["seed"])[1:])
+    ]  # fmt: skip
+
+
 def write_outputs(args: argparse.Namespace, rows: list[dict]) -> dict:
     rows = sorted(rows, key=lambda r: (list(ARMS).index(r["arm"]), r["seed"]))
     summary = summarise(rows)
@@ -218,10 +233,13 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
+    rows = committed_rows(args)
+    done = {(r["arm"], r["seed"]) for r in rows}
     jobs = [
-        (arm, seed) for seed in args.seeds for arm in args.arms
+        (arm, seed) for seed in args.seeds for arm in args.arms if (arm, seed) not in done
     ]  # seed-major: every arm gets seed 0 first
-    rows: list[dict] = []
+    if done:
+        print(f"{len(done)} runs already in {args.out}; {len(jobs)} to run", flush=True)
     lock = threading.Lock()
 
     def job(arm: str, seed: int) -> None:
