@@ -23,13 +23,14 @@ import statistics
 from pathlib import Path
 
 import torch as th
-from sb3_throughput import _fill_replay_buffer, _gradient_steps_per_second, _interleaved, _versions
+from sb3_throughput import VERSIONED_PACKAGES, _fill_replay_buffer, _gradient_steps_per_second, _interleaved
 from stable_baselines3 import SAC
 from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 
 from sb3_era import ERASAC, CriticOptionsSACPolicy, authors_critic_kwargs
 from sb3_era.main import PRESETS
+from sb3_era.versions import package_versions
 
 BASELINE = "SAC (SB3 default)"
 AUTHORS_PRESET = "SAC-ERA (--preset authors)"
@@ -142,7 +143,7 @@ def main() -> None:
         "baseline": BASELINE,
         "sb3_critic_twin": SB3_CRITIC_TWIN,
         "results": rows,
-        "versions": _versions(),
+        "versions": package_versions(VERSIONED_PACKAGES),
         "machine": {
             "processor": platform.processor() or platform.machine(),
             "torch_threads": th.get_num_threads(),

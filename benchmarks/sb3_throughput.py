@@ -20,7 +20,6 @@ programs sharing the machine's cores do not enter the measurement; on a GPU the 
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import json
 import platform
 import statistics
@@ -38,6 +37,7 @@ from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 
 from sb3_era import ERAPPO, ERASAC
+from sb3_era.versions import package_versions
 
 OFF_POLICY_BASELINE = "SAC (ent_coef=auto)"
 OFF_POLICY_CONTROL = "SAC (ent_coef=0)"
@@ -169,16 +169,6 @@ def _rows(
     ]
 
 
-def _versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
-    for package in VERSIONED_PACKAGES:
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            versions[package] = "not installed"
-    return versions
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--env", default="HalfCheetah-v5")
@@ -282,7 +272,7 @@ def main() -> None:
         "control": {"off-policy": OFF_POLICY_CONTROL},
         "goal_ratio": GOAL_RATIO,
         "results": rows,
-        "versions": _versions(),
+        "versions": package_versions(VERSIONED_PACKAGES),
         "machine": {
             "processor": platform.processor() or platform.machine(),
             "torch_threads": th.get_num_threads(),

@@ -23,7 +23,6 @@ import importlib.metadata
 import importlib.util
 import json
 import math
-import platform
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -43,6 +42,7 @@ from stable_baselines3.common.vec_env import VecEnv
 from sb3_era import ERASAC, CriticOptionsSACPolicy, authors_critic_kwargs, policy_entropy_stats
 from sb3_era.plotting import plot_learning_curves
 from sb3_era.policies import ACTION_DISTRIBUTIONS
+from sb3_era.versions import package_versions
 
 __all__ = ["PRESETS", "SACSettings", "build_parser", "main", "run"]
 
@@ -354,16 +354,6 @@ def _summary(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return summary
 
 
-def _versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
-    for package in VERSIONED_PACKAGES:
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            versions[package] = "not installed"
-    return versions
-
-
 def _print_table(runs: list[dict[str, Any]]) -> None:
     header = f"{'algorithm':<10} {'seed':>5} {'final return':>20} {'Gaussian H min':>15} {'floor':>8} {'policy H':>9}"
     print(header)
@@ -436,7 +426,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()
             },
         },
-        "versions": _versions(),
+        "versions": package_versions(VERSIONED_PACKAGES),
         "wall_time_s": wall_time,
         "plot": str(plot_path),
     }

@@ -19,7 +19,6 @@ active run every ``--progress-every`` seconds.
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import json
 import os
 import platform
@@ -34,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.evidence.protocol import REPOSITORY, RESULTS, Protocol, Run, load_protocol
+from sb3_era.versions import package_versions
 from sb3_era.zoo_resume import CHECKPOINT_FOLDER, read_checkpoint_state
 
 RESULT_FILES = ("evaluations.npz", "entropy.npz")
@@ -85,16 +85,6 @@ def run_status(runs_dir: Path, results_dir: Path, run: Run) -> tuple[str, int]:
     return "partial", state["num_timesteps"]
 
 
-def _versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
-    for package in VERSIONED_PACKAGES:
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return versions
-
-
 def _git_commit() -> str:
     result = subprocess.run(
         ["git", "-C", str(REPOSITORY), "describe", "--always", "--dirty", "--abbrev=40"],
@@ -133,7 +123,7 @@ def collect(protocol: Protocol, run: Run, runs_dir: Path, results_dir: Path, inf
         "n_timesteps": protocol.n_timesteps,
         **info,
         "git_commit": _git_commit(),
-        "versions": _versions(),
+        "versions": package_versions(VERSIONED_PACKAGES),
         "platform": platform.platform(),
     }
     # Written last: its presence marks the run as finished.

@@ -1,0 +1,22 @@
+"""Installed versions of the packages a run depends on, recorded beside its results."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+from collections.abc import Iterable
+
+
+def package_versions(packages: Iterable[str]) -> dict[str, str]:
+    """Python's version and each package's installed version (``"not installed"`` where it is missing).
+
+    :param packages: distribution names as pip knows them, e.g. ``("stable-baselines3", "torch")``
+    :return: ``{"python": ..., package: version, ...}``
+    """
+    versions = {"python": platform.python_version()}
+    for package in packages:
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
