@@ -13,6 +13,7 @@ from trl.models.utils import _ForwardRedirection
 from trl.trainer.utils import get_config_model_id
 
 from era_core import (
+    attainable_logit_factors,
     logit_factors_from_response_entropy,
     rescalable_responses,
     scaled_advantages,
@@ -113,6 +114,15 @@ class ERAGRPOTrainer(GRPOTrainer):
             temperature=self.temperature,
             k=args.era_k,
             topk=args.era_topk_logits,
+        )
+        # Entropies are computed over the LM head's outputs; bounds that no entropy in [0, log V] can cross leave
+        # their factor out, and with neither factor attainable ERA adds no work to TRL's pass.
+        lm_head = patched_model.get_output_embeddings()
+        self._era_vocab_size = getattr(lm_head, "out_features", None) or (
+            patched_model.config.get_text_config().vocab_size
+        )
+        self._era_factors = attainable_logit_factors(
+            args.era_lb, args.era_ub, args.era_k, self._era_vocab_size
         )
         self._forward_redirection = _ForwardRedirection()
         # The inputs of the loss being computed: set by `_compute_loss`, read and updated by the log-prob pass.
@@ -221,7 +231,7 @@ class ERAGRPOTrainer(GRPOTrainer):
         rescalable = rescalable_responses(advantages, non_empty, args.era_adv_threshold)
         with (
             capture_last_hidden_state(patched_model) as captured,
-            self._era_head.one_pass(labels, rescalable) as scoring,
+            self._era_head.one_pass(labels, rescalable, self._era_factors) as scoring,
         ):
             outputs = unwrapped_model(**model_inputs, labels=labels, fused_lm_head=True)
         logps = outputs.log_probs[:, -logits_to_keep:]
@@ -236,6 +246,7 @@ class ERAGRPOTrainer(GRPOTrainer):
             ub=args.era_ub,
             k=args.era_k,
             adv_threshold=args.era_adv_threshold,
+            vocab_size=self._era_vocab_size,
         )
         era_logps = self._era_head(captured["last_hidden_state"], labels, factors, logps, scoring)
         return era_logps, entropies, h_resp, factors, outputs.aux_loss

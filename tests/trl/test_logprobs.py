@@ -71,7 +71,7 @@ def test_rescaled_rows_match_full_logits_reference_and_others_stay_trl(k, device
     if tiles == "many-tiles":  # vocabulary, token and rescaled-row tiles that do not divide the sizes
         monkeypatch.setattr(trl_utils, "_CHUNKED_LOGPROB_CHUNK_SIZE", 7)
         monkeypatch.setattr(trl_kernels, "TOKEN_CHUNK_SIZE", 4)
-        monkeypatch.setattr(logprobs, "_RESCALED_ROW_CHUNK_SIZE", 2)
+        monkeypatch.setattr(logprobs, "_ROW_BLOCK_SIZE", 2)
     model = patched_float64_model(device)
     input_ids, attention_mask, labels = make_batch(model.config.vocab_size, device)
     sharpen, flatten = response_factor_values(k)
