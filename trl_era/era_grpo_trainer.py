@@ -115,14 +115,10 @@ class ERAGRPOTrainer(GRPOTrainer):
             k=args.era_k,
             topk=args.era_topk_logits,
         )
-        # Entropies are computed over the LM head's outputs; bounds that no entropy in [0, log V] can cross leave
-        # their factor out, and with neither factor attainable ERA adds no work to TRL's pass.
+        # The number of tokens the entropies are computed over (the LM head's outputs), so log V bounds them.
         lm_head = patched_model.get_output_embeddings()
         self._era_vocab_size = getattr(lm_head, "out_features", None) or (
             patched_model.config.get_text_config().vocab_size
-        )
-        self._era_factors = attainable_logit_factors(
-            args.era_lb, args.era_ub, args.era_k, self._era_vocab_size
         )
         self._forward_redirection = _ForwardRedirection()
         # The inputs of the loss being computed: set by `_compute_loss`, read and updated by the log-prob pass.
@@ -229,9 +225,12 @@ class ERAGRPOTrainer(GRPOTrainer):
         non_empty = mask.bool().any(dim=-1)
         # The responses that may be rescaled are scored at both factors in the same pass over the vocabulary.
         rescalable = rescalable_responses(advantages, non_empty, args.era_adv_threshold)
+        # Bounds that no entropy in [0, log V] can cross leave their factor out; with neither factor attainable (or
+        # no positive advantage) TRL's pass runs alone.
+        attainable = attainable_logit_factors(args.era_lb, args.era_ub, args.era_k, self._era_vocab_size)
         with (
             capture_last_hidden_state(patched_model) as captured,
-            self._era_head.one_pass(labels, rescalable, self._era_factors) as scoring,
+            self._era_head.one_pass(labels, rescalable, attainable) as scoring,
         ):
             outputs = unwrapped_model(**model_inputs, labels=labels, fused_lm_head=True)
         logps = outputs.log_probs[:, -logits_to_keep:]
