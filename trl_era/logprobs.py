@@ -248,7 +248,11 @@ class _TwoTemperatureLogProbs(torch.autograd.Function):
                 token_end = min(token_start + token_chunk, n_tokens)
                 n = token_end - token_start
                 hidden_chunk = hidden[token_start:token_end].to(compute_dtype)
-                blocks = _row_blocks(token_start, token_end, active_runs, _ROW_BLOCK_SIZE)
+                # TRL's torch fold holds float32 temporaries of its whole tile: fold the rows that were not rescaled
+                # a block at a time on CPUs (faster and smaller there); its Triton kernel holds none.
+                blocks = _row_blocks(
+                    token_start, token_end, active_runs, n if use_triton else _ROW_BLOCK_SIZE
+                )
                 for start in range(0, vocab, chunk_size):
                     end = min(start + chunk_size, vocab)
                     w_chunk = weight[start:end].to(compute_dtype)
