@@ -401,7 +401,7 @@ def _scaled_exp_sums_(
         shifted.mul_(_z_per_transformed(kernel_args))
     shifted.sub_(running_max[:, None])
     *first, last = factors
-    sums = [torch.exp(shifted * factor).sum(-1) for factor in first]
+    sums = [torch.mul(shifted, factor).exp_().sum(-1) for factor in first]
     return torch.stack([*sums, shifted.mul_(last).exp_().sum(-1)], dim=-1)
 
 
