@@ -51,7 +51,8 @@ class ERAGRPOTrainer(GRPOTrainer):
 
     The log-probabilities stay chunked as in TRL, in one pass over the vocabulary: TRL's fused LM head scores every
     response once (giving the entropies), and the same logit tiles give the responses that may be rescaled their
-    log-probs at both ERA temperatures, so rescaling costs no second LM-head pass. The loss's
+    log-probs at the ERA temperatures the bounds can call for, so rescaling costs no second LM-head pass; with bounds
+    that no entropy in `[0, log V]` can cross (`era_lb=0`, `era_ub >= log V`), TRL's pass runs alone. The loss's
     forward runs inside the wrapped model's forward, so DDP, DeepSpeed ZeRO-3 and FSDP see their usual calls.
 
     Logged metrics (beside TRL's): `era/top_entropy_mean` (mean response entropy `H_r`), `era/frac_below_lb`,

@@ -620,8 +620,8 @@ class ScaledLogProbHead:
     """Per-token log-probs of the sampled tokens under ``log_softmax(c_r * logits / T)``, one ``c_r`` per row.
 
     Without top-k, the rows are scored in TRL's one fused pass over the vocabulary: wrap the forward in
-    :meth:`one_pass`, which also folds the log-sum-exp at ``T / k`` and ``T * k`` for the rows that may be rescaled,
-    then select each row's log-probs with :meth:`__call__` once its factor is known.
+    :meth:`one_pass`, which also folds the log-sum-exp at ``T / k`` and/or ``T * k`` for the scored tokens of the
+    rows that may be rescaled, then select each row's log-probs with :meth:`__call__` once its factor is known.
 
     :param model: the causal LM that TRL patched with its fused LM head (not a PEFT wrapper).
     :param temperature: the sampling temperature ``T`` that TRL divides the logits by.
