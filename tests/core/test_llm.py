@@ -175,6 +175,8 @@ def test_attainable_factors_follow_the_entropy_range() -> None:
     log_v = math.log(300)
     assert attainable_logit_factors(0.0, 100.0, 2.0, 300) == ()
     assert attainable_logit_factors(0.0, log_v - 0.01, 2.0, 300) == (0.5,)
+    # At exactly log V (as the float32 entropies hold it) no entropy is above the bound.
+    assert attainable_logit_factors(0.0, torch.tensor(log_v).item(), 2.0, 300) == ()
     assert attainable_logit_factors(0.1, log_v + 0.01, 3.0, 300) == (3.0,)
     assert attainable_logit_factors(0.1, 1.0, 3.0, 300) == (3.0, torch.tensor(1 / 3.0).item())
     assert attainable_logit_factors(0.1, 1.0, 2.0, 300) == (2.0, 0.5)
