@@ -6,10 +6,14 @@ one model and batch, and their steps are interleaved (one step of each mode per 
 the machine hits every mode alike:
 
 - ``grpo``: `trl.GRPOTrainer` (the baseline);
-- ``era-idle``: `ERAGRPOTrainer` whose bounds contain every response (ERA's bookkeeping, nothing rescaled);
+- ``era-idle``: `ERAGRPOTrainer` whose bounds no entropy can cross (``era_lb=0``, ``era_ub >= log V``): nothing
+  can be rescaled, so only ERA's bookkeeping runs;
+- ``era-inside``: bounds that both can be crossed (``0 < era_lb``, ``era_ub < log V``) but contain every
+  response's entropy (near ``log V`` for a random-init model): the positive-advantage responses are scored at
+  both factors in the forward, none is rescaled;
 - ``era-quarter``: a quarter of the responses rescaled (those with the largest advantages);
 - ``era-half``: every positive-advantage response (half the batch) rescaled, ERA's most expensive case for a
-  GRPO batch without top-k (a rescaled response is scored by the LM head a second time);
+  GRPO batch without top-k;
 - ``era-topk20``: as ``era-half`` with the authors' stage-one top-20 filter on every response (TRL's
   full-vocabulary pass then only gives the entropies and needs no backward).
 
@@ -20,12 +24,14 @@ trained tokenizer)::
 
     PYTHONPATH=. python benchmarks/trl_step.py                                   # CPU, small model
     PYTHONPATH=. python benchmarks/trl_step.py --device cuda --preset qwen2-0.5b # GPU, Qwen2-0.5B shape, bf16
+    PYTHONPATH=. python benchmarks/trl_step.py --profile --modes grpo era-idle era-half   # per-op table
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
@@ -69,8 +75,10 @@ PRESETS = {
 MODES = {
     "grpo": None,
     "era-idle": dict(era_lb=0.0, era_ub=1e9),
-    "era-quarter": dict(era_lb=0.0, era_ub=1e-3, era_adv_threshold=1.5),
-    "era-half": dict(era_lb=0.0, era_ub=1e-3),
+    # `era_ub` just below log V, above the random-init model's response entropies (the "rescaled" column checks).
+    "era-inside": dict(era_lb=1e-4, era_ub=lambda vocab_size: math.log(vocab_size) - 0.004),
+    "era-quarter": dict(era_lb=1e-4, era_ub=1e-3, era_adv_threshold=1.5),
+    "era-half": dict(era_lb=1e-4, era_ub=1e-3),
     "era-topk20": dict(era_lb=0.0, era_ub=1e-3, era_topk_logits=20),
 }
 
@@ -109,7 +117,10 @@ def build_trainer(mode: str, model, preset: dict, device: str, output_dir: str):
         bf16=preset["dtype"] == "bfloat16",
         loss_type="dapo",
     )
-    era = MODES[mode]
+    vocab_size = model.config.vocab_size
+    era = MODES[mode] and {
+        key: value(vocab_size) if callable(value) else value for key, value in MODES[mode].items()
+    }
     config_class, trainer_class = (
         (GRPOConfig, GRPOTrainer) if era is None else (ERAGRPOConfig, ERAGRPOTrainer)
     )
@@ -228,6 +239,56 @@ def measure(args: argparse.Namespace) -> list[dict]:
     return results
 
 
+def profile_ops(args: argparse.Namespace) -> dict:
+    """Per-op calls, self CPU time and self allocated memory (net) of one step of each mode (torch.profiler)."""
+    import tempfile
+
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.set_num_threads(args.threads)
+    preset = PRESETS[args.preset]
+    with tempfile.TemporaryDirectory() as output_dir:
+        model = build_model(preset, args.device)
+        batch = fixed_batch(preset, preset["config"]["vocab_size"], args.device)
+        table = {}
+        for mode in args.modes:
+            trainer = build_trainer(mode, model, preset, args.device, output_dir)
+            for _ in range(max(args.warmup, 1)):
+                trainer.compute_loss(model, batch).backward()
+                model.zero_grad(set_to_none=True)
+            with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+                trainer.compute_loss(model, batch).backward()
+            model.zero_grad(set_to_none=True)
+            for event in prof.key_averages():
+                row = table.setdefault(event.key, {})
+                row[mode] = {
+                    "calls": event.count,
+                    "self_cpu_ms": event.self_cpu_time_total / 1e3,
+                    "self_alloc_mib": event.self_cpu_memory_usage / 2**20,
+                }
+    return table
+
+
+def print_profile(table: dict, modes: list[str], top: int) -> None:
+    """The ops whose calls or allocations differ between modes, then the rest, by their largest self CPU time."""
+
+    def cell(op: str, mode: str, key: str) -> float:
+        return table[op].get(mode, {}).get(key, 0)
+
+    def differs(op: str) -> bool:
+        return any(len({cell(op, m, key) for m in modes}) > 1 for key in ("calls", "self_alloc_mib"))
+
+    ops = sorted(table, key=lambda op: (not differs(op), -max(cell(op, m, "self_cpu_ms") for m in modes)))
+    print(f"{'op (calls / self CPU ms / self alloc MiB)':<44}" + "".join(f"{m:>26}" for m in modes))
+    for op in ops[:top]:
+        cells = "".join(
+            f"{cell(op, m, 'calls'):>6} {cell(op, m, 'self_cpu_ms'):>9.1f} {cell(op, m, 'self_alloc_mib'):>9.1f}"
+            for m in modes
+        )
+        print(f"{op[:43]:<44}{cells}{'' if differs(op) else '  (same calls and allocations)'}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -243,10 +304,27 @@ def main() -> None:
         default="auto",
         help="auto: the process's CPU time on a CPU (other programs on shared cores do not count), wall on a GPU",
     )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="instead of timing: per-op calls, self CPU time and allocations of one step of each mode",
+    )
+    parser.add_argument("--top", type=int, default=40, help="ops printed by --profile")
     args = parser.parse_args()
     if args.clock == "auto":
         args.clock = "cpu" if args.device == "cpu" else "wall"
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.profile:
+        table = profile_ops(args)
+        print_profile(table, args.modes, args.top)
+        out = (
+            args.out
+            or Path(__file__).parent / "results" / f"trl_step-profile-{args.preset}-{args.device}.json"
+        )
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"command": "python " + " ".join(sys.argv), "ops": table}, indent=2))
+        print(f"wrote {out}")
+        return
     results = measure(args)
 
     baseline = next((r for r in results if r["mode"] == "grpo"), results[0])

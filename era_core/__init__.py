@@ -13,6 +13,7 @@ from era_core.gaussian import (
 )
 from era_core.llm import (
     OUTSIDE_TOPK_LOGPROB,
+    attainable_logit_factors,
     categorical_entropy,
     check_adv_threshold,
     check_response_era_args,
@@ -41,6 +42,7 @@ __all__ = [
     "GaussianERA",
     "SoftmaxERA",
     "TruncatedNormal",
+    "attainable_logit_factors",
     "categorical_entropy",
     "check_adv_threshold",
     "check_response_era_args",

@@ -75,18 +75,48 @@ def logit_factors_from_response_entropy(
     ub: float,
     k: float = 2.0,
     adv_threshold: float = 0.0,
+    vocab_size: int | None = None,
 ) -> torch.Tensor:
     """Spec 3.3 from an already computed ``H_resp`` (see :func:`response_logit_factors`).
 
     :param h_resp: ``(B,)`` response entropies from :func:`top_entropy_mean`.
     :param non_empty: ``(B,)`` bool, responses with at least one token (the others get factor 1).
+    :param vocab_size: when given, ``h_resp`` is first clamped to ``[0, log(vocab_size)]``, the range of an
+        entropy over that many tokens, so that a rounding error cannot give a factor that
+        :func:`attainable_logit_factors` ruled out.
     """
     check_response_era_args(lb, ub, k)
+    if vocab_size is not None:
+        h_resp = h_resp.clamp(0.0, _max_entropy(vocab_size).item())
     eligible = rescalable_responses(advantages, non_empty, adv_threshold)
     sharpen, flatten = response_factor_values(k)
     ones = torch.ones_like(h_resp)
     factors = torch.where(eligible & (h_resp < lb), ones * sharpen, ones)
     return torch.where(eligible & (h_resp > ub), ones * flatten, factors)
+
+
+def attainable_logit_factors(lb: float, ub: float, k: float, vocab_size: int) -> tuple[float, ...]:
+    """Spec 3.3: the factors other than 1 that some response can get, whatever its entropy and advantage.
+
+    A response's entropy lies in ``[0, log(vocab_size)]``: no response is sharpened when ``lb`` is 0, none is
+    flattened when ``ub >= log(vocab_size)``. The comparisons are those of
+    :func:`logit_factors_from_response_entropy` with ``vocab_size`` (float32, entropies clamped to that range),
+    so a factor left out here is never given there.
+
+    :param vocab_size: number of tokens the entropies are computed over (the LM head's outputs).
+    :return: a subset of :func:`response_factor_values`, in its order (sharpen, then flatten).
+    """
+    check_response_era_args(lb, ub, k)
+    sharpen, flatten = response_factor_values(k)
+    possible = ((sharpen, bool(torch.tensor(0.0) < lb)), (flatten, bool(_max_entropy(vocab_size) > ub)))
+    return tuple(factor for factor, reachable in possible if reachable)
+
+
+def _max_entropy(vocab_size: int) -> torch.Tensor:
+    """``log(vocab_size)`` in float32, the largest entropy over ``vocab_size`` tokens."""
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1:
+        raise ValueError(f"vocab_size must be an integer >= 1, got {vocab_size!r}")
+    return torch.tensor(math.log(vocab_size), dtype=torch.float32)
 
 
 def rescalable_responses(

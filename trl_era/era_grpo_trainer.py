@@ -13,6 +13,7 @@ from trl.models.utils import _ForwardRedirection
 from trl.trainer.utils import get_config_model_id
 
 from era_core import (
+    attainable_logit_factors,
     logit_factors_from_response_entropy,
     rescalable_responses,
     scaled_advantages,
@@ -50,7 +51,8 @@ class ERAGRPOTrainer(GRPOTrainer):
 
     The log-probabilities stay chunked as in TRL, in one pass over the vocabulary: TRL's fused LM head scores every
     response once (giving the entropies), and the same logit tiles give the responses that may be rescaled their
-    log-probs at both ERA temperatures, so rescaling costs no second LM-head pass. The loss's
+    log-probs at the ERA temperatures the bounds can call for, so rescaling costs no second LM-head pass; with bounds
+    that no entropy in `[0, log V]` can cross (`era_lb=0`, `era_ub >= log V`), TRL's pass runs alone. The loss's
     forward runs inside the wrapped model's forward, so DDP, DeepSpeed ZeRO-3 and FSDP see their usual calls.
 
     Logged metrics (beside TRL's): `era/top_entropy_mean` (mean response entropy `H_r`), `era/frac_below_lb`,
@@ -113,6 +115,11 @@ class ERAGRPOTrainer(GRPOTrainer):
             temperature=self.temperature,
             k=args.era_k,
             topk=args.era_topk_logits,
+        )
+        # The number of tokens the entropies are computed over (the LM head's outputs), so log V bounds them.
+        lm_head = patched_model.get_output_embeddings()
+        self._era_vocab_size = getattr(lm_head, "out_features", None) or (
+            patched_model.config.get_text_config().vocab_size
         )
         self._forward_redirection = _ForwardRedirection()
         # The inputs of the loss being computed: set by `_compute_loss`, read and updated by the log-prob pass.
@@ -219,9 +226,12 @@ class ERAGRPOTrainer(GRPOTrainer):
         non_empty = mask.bool().any(dim=-1)
         # The responses that may be rescaled are scored at both factors in the same pass over the vocabulary.
         rescalable = rescalable_responses(advantages, non_empty, args.era_adv_threshold)
+        # Bounds that no entropy in [0, log V] can cross leave their factor out; with neither factor attainable (or
+        # no positive advantage) TRL's pass runs alone.
+        attainable = attainable_logit_factors(args.era_lb, args.era_ub, args.era_k, self._era_vocab_size)
         with (
             capture_last_hidden_state(patched_model) as captured,
-            self._era_head.one_pass(labels, rescalable) as scoring,
+            self._era_head.one_pass(labels, rescalable, attainable) as scoring,
         ):
             outputs = unwrapped_model(**model_inputs, labels=labels, fused_lm_head=True)
         logps = outputs.log_probs[:, -logits_to_keep:]
@@ -236,6 +246,7 @@ class ERAGRPOTrainer(GRPOTrainer):
             ub=args.era_ub,
             k=args.era_k,
             adv_threshold=args.era_adv_threshold,
+            vocab_size=self._era_vocab_size,
         )
         era_logps = self._era_head(captured["last_hidden_state"], labels, factors, logps, scoring)
         return era_logps, entropies, h_resp, factors, outputs.aux_loss

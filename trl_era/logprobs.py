@@ -4,10 +4,11 @@ ERA reads every sampled token's log-prob from ``log_softmax(c_r * logits / T)``,
 response. TRL 1.16 never builds the ``(B, T, V)`` logits: its fused LM head (`trl.trainer.add_fused_lm_head`)
 projects the backbone's hidden states through the LM head in vocabulary tiles. ERA keeps that property:
 
-- ``c_r`` depends on the response's entropy, which the same pass computes, so the rows that may be rescaled
-  (positive advantage) also get the log-sum-exp at ``T / k`` and ``T * k`` from the very logit tiles TRL's head
-  folds (:class:`_TwoTemperatureLogProbs`): one pass over the vocabulary for every response, and each row then
-  reads its log-probs at its own factor (the rows with ``c_r == 1`` keep TRL's log-probs, bit for bit).
+- ``c_r`` depends on the response's entropy, which the same pass computes, so the scored tokens of the responses
+  that may be rescaled (positive advantage) also get the log-sum-exp at ``T / k`` and/or ``T * k`` (the factors
+  the bounds make attainable) from the very logit tiles TRL's head folds (:class:`_TwoTemperatureLogProbs`): one
+  pass over the vocabulary for every response, and each row then reads its log-probs at its own factor (the rows
+  with ``c_r == 1`` keep TRL's log-probs, bit for bit). When no token may be rescaled, TRL's function runs alone.
   Softcapping, logit scaling, ``cast_lm_head_to_fp32``, FSDP2 and ZeRO-3 are handled by TRL's forward, since it
   is TRL's code that runs; only its tile function is swapped for the duration of that forward.
 - the top-k variant (spec 3.6) needs the ``k`` largest logits of each token, which TRL's kernel does not
@@ -17,7 +18,6 @@ projects the backbone's hidden states through the LM head in vocabulary tiles. E
 
 from __future__ import annotations
 
-import bisect
 import math
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
@@ -45,9 +45,9 @@ _TOKEN_CHUNK_SIZE = 4096
 _VOCAB_CHUNK_SIZE = 32768
 # Tokens whose gathered `(k + 1, H)` LM-head rows are held at once (float32: 1024 * 21 * 896 * 4 B = 77 MB).
 _GATHER_CHUNK_SIZE = 1024
-# Rows of a logit tile processed at once for the rescaled log-probs (float32 temporaries of 128 x 32768 x 4 B =
-# 16 MB, fewer than TRL's fold of the whole tile holds).
-_RESCALED_ROW_CHUNK_SIZE = 128
+# Rows of a logit tile folded at once in the backward (float32 temporaries of TRL's torch fold: 128 x 32768 x 4 B =
+# 16 MB each), and the longest run of rescalable rows handled at once in the forward.
+_ROW_BLOCK_SIZE = 128
 
 
 @contextmanager
@@ -73,16 +73,18 @@ def capture_last_hidden_state(model: PreTrainedModel) -> Iterator[dict[str, torc
 
 
 class _TwoTemperatureLogProbs(torch.autograd.Function):
-    """TRL's `ChunkedLogProbFunction`, plus the sampled tokens' log-probs at the temperatures ``T / c`` for two
-    factors ``c`` on the rows that may be rescaled, from the same logit tiles (one pass over the vocabulary).
+    """TRL's `ChunkedLogProbFunction`, plus the sampled tokens' log-probs at the temperatures ``T / c`` for one or
+    two factors ``c`` on the rows that may be rescaled, from the same logit tiles (one pass over the vocabulary).
 
     Every tile is projected and folded by TRL's own code (its Triton kernel on GPUs, its torch fold elsewhere), so
-    the outputs at ``T`` are TRL's, bit for bit. On the rescalable rows the same tile also feeds the running sums
-    ``sum_v exp(c (z_v - m))``, where ``z = transform(logits) / T`` and ``m`` is TRL's running max, so that
-    ``log_softmax(c z)`` of the label is ``c z_label - c m - log(sum)``. The backward recomputes each tile as TRL's
-    does; before TRL's fold turns it into the gradient, the rescalable rows add
-    ``g (onehot - softmax(c z)) c dz/dlogits``, with ``c`` the factor whose output has a gradient on that row
-    (the caller selects one factor per row, so the other's gradient is zero there).
+    the outputs at ``T`` are TRL's, bit for bit. On the rescalable rows the same tile, once TRL's fold has read it,
+    is turned in place into the running sums ``sum_v exp(c (z_v - m))``, where ``z = transform(logits) / T`` and
+    ``m`` is TRL's running max, so that ``log_softmax(c z)`` of the label is ``c z_label - c m - log(sum)``; the
+    rescalable rows are runs of consecutive tokens (one per response), read as views of the tile, so no copy of the
+    logits is made. The backward recomputes each tile as TRL's does and turns it into the logits' gradient in row
+    blocks: TRL's fold on the rows that were not rescaled, ``g c (onehot - softmax(c z)) dz/dlogits`` written in
+    place on the rows that were (added to TRL's fold where those rows also have a gradient at ``T``), with ``c``
+    the one factor whose output has a gradient on that row.
     """
 
     @staticmethod
@@ -124,29 +126,27 @@ class _TwoTemperatureLogProbs(torch.autograd.Function):
                 ("target_logit", 0.0),
             )
         }
-        rescaled_rows = rescalable.nonzero().squeeze(-1)
+        running_max = stats["running_max"]
         factor_t = torch.tensor(factors, device=device, dtype=torch.float32)
-        scaled_sum_exp = torch.zeros(
-            (rescaled_rows.numel(), len(factors)), device=device, dtype=torch.float32
-        )
+        # Zero outside the rescalable rows, which only read their own.
+        scaled_sum_exp = torch.zeros((n_tokens, len(factors)), device=device, dtype=torch.float32)
         token_chunk = _trl_kernels.TOKEN_CHUNK_SIZE
+        runs = _row_runs(rescalable, token_chunk)
         mm_buf = torch.empty((min(n_tokens, token_chunk), chunk_size), device=device, dtype=compute_dtype)
-        use_triton = _trl_kernels._use_triton(device)
+        fold = _trl_kernels._forward_kernel if _trl_kernels._use_triton(device) else None
         for token_start in range(0, n_tokens, token_chunk):
             token_end = min(token_start + token_chunk, n_tokens)
             n = token_end - token_start
             hidden_chunk = hidden[token_start:token_end].to(compute_dtype)
-            chunk_rows = ((rescaled_rows >= token_start) & (rescaled_rows < token_end)).nonzero().squeeze(-1)
-            local = rescaled_rows[chunk_rows] - token_start
+            chunk_runs = [(r0, r1) for r0, r1 in runs if token_start <= r0 < token_end]
             for start in range(0, vocab, chunk_size):
                 end = min(start + chunk_size, vocab)
                 tile = mm_buf[:n, : end - start]
                 torch.mm(hidden_chunk, weight[start:end].to(compute_dtype).t(), out=tile)
                 if bias is not None:
                     tile.add_(bias[start:end].to(compute_dtype))
-                old_max = stats["running_max"][token_start:token_end][local]
-                fold = _trl_kernels._forward_kernel[(n,)] if use_triton else _trl_kernels._forward_tile
-                fold(
+                old_max = [running_max[r0:r1].clone() for r0, r1 in chunk_runs]
+                (fold[(n,)] if fold is not None else _trl_kernels._forward_tile)(
                     tile,
                     tile.stride(0),
                     targets[token_start:token_end],
@@ -157,16 +157,19 @@ class _TwoTemperatureLogProbs(torch.autograd.Function):
                     **flags,
                     **kernel_args,
                 )
-                new_max = stats["running_max"][token_start:token_end][local]
-                # The rescalable rows of this tile, a few at a time to bound the float32 temporaries.
-                for rows in torch.arange(local.numel(), device=device).split(_RESCALED_ROW_CHUNK_SIZE):
-                    shifted = _transformed(tile[local[rows]], kernel_args).sub_(new_max[rows, None])
-                    rescale = torch.exp(factor_t * (old_max[rows] - new_max[rows])[:, None])
-                    sums = torch.stack([torch.exp(shifted * factor).sum(-1) for factor in factors], dim=-1)
-                    index = chunk_rows[rows]
-                    scaled_sum_exp[index] = scaled_sum_exp[index] * rescale + sums
+                # TRL's fold has read the tile: its rescalable rows now become their running sums, in place.
+                for (r0, r1), previous_max in zip(chunk_runs, old_max, strict=True):
+                    new_max = running_max[r0:r1]
+                    rescale = torch.exp(factor_t * (previous_max - new_max)[:, None])
+                    sums = _scaled_exp_sums_(
+                        _float32_rows(tile[r0 - token_start : r1 - token_start]),
+                        kernel_args,
+                        new_max,
+                        factors,
+                    )
+                    scaled_sum_exp[r0:r1] = scaled_sum_exp[r0:r1] * rescale + sums
 
-        running_max, sum_exp, target_logit = stats["running_max"], stats["sum_exp"], stats["target_logit"]
+        sum_exp, target_logit = stats["sum_exp"], stats["target_logit"]
         log_z = running_max + torch.log(sum_exp)
         logprobs = target_logit - log_z
         entropy = log_z - stats["x_sum_exp"] / sum_exp if "entropy" in outputs else None
@@ -179,20 +182,15 @@ class _TwoTemperatureLogProbs(torch.autograd.Function):
             if "is_top1" in outputs
             else None
         )
-        # log_softmax(c z) of the label, on the rescalable rows (zero elsewhere).
-        scaled_log_z = factor_t * running_max[rescaled_rows, None] + torch.log(scaled_sum_exp)
-        scaled_logprobs = torch.zeros((n_tokens, len(factors)), device=device, dtype=torch.float32)
-        scaled_logprobs[rescaled_rows] = factor_t * target_logit[rescaled_rows, None] - scaled_log_z
+        # log_softmax(c z) of the label on the rescalable rows; elsewhere a finite filler that no gradient reads.
+        scaled_log_z = factor_t * running_max[:, None] + torch.log(scaled_sum_exp)
+        scaled_log_z = torch.where(rescalable[:, None], scaled_log_z, 0.0)
+        scaled_logprobs = torch.where(
+            rescalable[:, None], factor_t * target_logit[:, None] - scaled_log_z, 0.0
+        )
 
         ctx.save_for_backward(
-            hidden,
-            weight,
-            bias,
-            targets,
-            log_z,
-            log_z if entropy is None else entropy,
-            rescaled_rows,
-            scaled_log_z,
+            hidden, weight, bias, targets, log_z, log_z if entropy is None else entropy, scaled_log_z
         )
         ctx.compute_dtype, ctx.chunk_size, ctx.kernel_args, ctx.factors = (
             compute_dtype,
@@ -205,23 +203,33 @@ class _TwoTemperatureLogProbs(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_logprobs, grad_entropy, _sq, _mean, _top1, grad_scaled):
-        hidden, weight, bias, targets, log_z, entropy, rescaled_rows, scaled_log_z = ctx.saved_tensors
+        hidden, weight, bias, targets, log_z, entropy, scaled_log_z = ctx.saved_tensors
         compute_dtype, chunk_size, kernel_args = ctx.compute_dtype, ctx.chunk_size, ctx.kernel_args
         needs_hidden, needs_weight, needs_bias = ctx.needs_input_grad[:3]
         n_tokens = hidden.shape[0]
         use_triton = _trl_kernels._use_triton(hidden.device)
-        factor_t = torch.tensor(ctx.factors, device=hidden.device, dtype=torch.float32)
+        grad_logprobs = grad_logprobs.float().contiguous() if grad_logprobs is not None else None
+        grad_entropy = grad_entropy.float().contiguous() if grad_entropy is not None else None
+        token_chunk = _trl_kernels.TOKEN_CHUNK_SIZE
         # The rows whose rescaled log-prob has a gradient (none when nothing was rescaled), each at the one factor
-        # the caller selected for it (the other factor's gradient is zero there).
-        active_rows = rescaled_rows[:0]
+        # the caller selected for it.
+        active_runs, overwrite = [], True
         if grad_scaled is not None:
-            grad_scaled = grad_scaled.float()[rescaled_rows]
-            chosen = (grad_scaled != 0).float().argmax(dim=-1, keepdim=True)
+            grad_scaled = grad_scaled.float()
+            nonzero = grad_scaled != 0
+            if (nonzero.sum(dim=-1) > 1).any():
+                raise RuntimeError("each row's ERA log-prob must be read at one factor only")
+            chosen = nonzero.float().argmax(dim=-1, keepdim=True)
             row_grad = grad_scaled.gather(-1, chosen).squeeze(-1)
-            active = (row_grad != 0).nonzero().squeeze(-1)
-            active_rows, row_grad = rescaled_rows[active], row_grad[active]
-            row_factor = factor_t[chosen.squeeze(-1)[active]]
-            row_log_z = scaled_log_z.gather(-1, chosen).squeeze(-1)[active]
+            row_factor = torch.tensor(ctx.factors, device=hidden.device, dtype=torch.float32)[
+                chosen.squeeze(-1)
+            ]
+            row_log_z = scaled_log_z.gather(-1, chosen).squeeze(-1)
+            active = row_grad != 0
+            active_runs = _row_runs(active, token_chunk)
+            # Rows rescaled and without a gradient at T (the usual case: the loss reads them at their factor only)
+            # get their gradient in place of TRL's fold, which would give them zero.
+            overwrite = grad_entropy is None and (grad_logprobs is None or not grad_logprobs[active].any())
         with maybe_gather_lm_head_ctx(weight, bias):
             vocab = weight.shape[0]
             grad_hidden = (
@@ -233,22 +241,18 @@ class _TwoTemperatureLogProbs(torch.autograd.Function):
             grad_bias = (
                 torch.zeros(bias.shape, device=bias.device, dtype=torch.float32) if needs_bias else None
             )
-            token_chunk = _trl_kernels.TOKEN_CHUNK_SIZE
             mm_buf = torch.empty(
                 (min(n_tokens, token_chunk), chunk_size), device=hidden.device, dtype=compute_dtype
             )
-            grad_logprobs = grad_logprobs.float().contiguous() if grad_logprobs is not None else None
-            grad_entropy = grad_entropy.float().contiguous() if grad_entropy is not None else None
             for token_start in range(0, n_tokens, token_chunk):
                 token_end = min(token_start + token_chunk, n_tokens)
                 n = token_end - token_start
                 hidden_chunk = hidden[token_start:token_end].to(compute_dtype)
-                chunk_rows = ((active_rows >= token_start) & (active_rows < token_end)).nonzero().squeeze(-1)
-                local = active_rows[chunk_rows] - token_start
-                # Row blocks of the tile (one block when no row is rescaled, as in TRL): a block's rescaled rows
-                # get their gradient from the logits before TRL's fold overwrites the block, then add it after.
-                local_list = local.tolist()
-                block = _RESCALED_ROW_CHUNK_SIZE if local_list else n
+                # TRL's torch fold holds float32 temporaries of its whole tile: fold the rows that were not rescaled
+                # a block at a time on CPUs (faster and smaller there); its Triton kernel holds none.
+                blocks = _row_blocks(
+                    token_start, token_end, active_runs, n if use_triton else _ROW_BLOCK_SIZE
+                )
                 for start in range(0, vocab, chunk_size):
                     end = min(start + chunk_size, vocab)
                     w_chunk = weight[start:end].to(compute_dtype)
@@ -256,35 +260,37 @@ class _TwoTemperatureLogProbs(torch.autograd.Function):
                     torch.mm(hidden_chunk, w_chunk.t(), out=tile)
                     if bias is not None:
                         tile.add_(bias[start:end].to(compute_dtype))
-                    for b0 in range(0, n, block):
-                        b1 = min(b0 + block, n)
-                        picked = slice(bisect.bisect_left(local_list, b0), bisect.bisect_left(local_list, b1))
+                    for b0, b1, rescaled in blocks:
+                        rows = tile[b0 - token_start : b1 - token_start]
                         extra = None
-                        if picked.stop > picked.start:
-                            rows = local[picked]
-                            extra = _scaled_logprob_logit_grad(
-                                tile[rows],
+                        if rescaled:
+                            # Computed from the logits before TRL's fold overwrites them, unless it replaces it.
+                            extra = _scaled_logprob_logit_grad_(
+                                _float32_rows(rows) if overwrite else rows.to(torch.float32, copy=True),
                                 kernel_args,
-                                targets[token_start:token_end][rows] - start,
-                                row_factor[chunk_rows[picked]],
-                                row_log_z[chunk_rows[picked]],
-                                row_grad[chunk_rows[picked]],
+                                targets[b0:b1] - start,
+                                row_factor[b0:b1],
+                                row_log_z[b0:b1],
+                                row_grad[b0:b1],
                             )
-                        _trl_backward_fold(
-                            tile[b0:b1],
-                            slice(token_start + b0, token_start + b1),
-                            targets,
-                            log_z,
-                            entropy,
-                            grad_logprobs,
-                            grad_entropy,
-                            start,
-                            end - start,
-                            kernel_args,
-                            use_triton,
-                        )
-                        if extra is not None:
-                            tile.index_put_((rows,), extra.to(tile.dtype), accumulate=True)
+                        if not (rescaled and overwrite):
+                            _trl_backward_fold(
+                                rows,
+                                slice(b0, b1),
+                                targets,
+                                log_z,
+                                entropy,
+                                grad_logprobs,
+                                grad_entropy,
+                                start,
+                                end - start,
+                                kernel_args,
+                                use_triton,
+                            )
+                        if extra is not None and not overwrite:
+                            rows.add_(extra.to(rows.dtype))
+                        elif extra is not None and extra.data_ptr() != rows.data_ptr():
+                            rows.copy_(extra)
                     if grad_hidden is not None:
                         _trl_kernels._addmm_fp32(grad_hidden[token_start:token_end], tile, w_chunk)
                     if grad_weight is not None:
@@ -297,6 +303,41 @@ class _TwoTemperatureLogProbs(torch.autograd.Function):
             grad_bias.to(bias.dtype) if grad_bias is not None else None,
             *([None] * 8),
         )
+
+
+def _row_runs(mask: torch.Tensor, token_chunk: int) -> list[tuple[int, int]]:
+    """The runs ``[r0, r1)`` of consecutive ``True`` rows of ``mask``, cut at token-chunk boundaries and into
+    pieces of at most ``_ROW_BLOCK_SIZE`` rows (one host sync)."""
+    flags = torch.cat([mask.new_zeros(1), mask, mask.new_zeros(1)]).to(torch.int8)
+    edges = flags.diff().nonzero().squeeze(-1).tolist()
+    runs = []
+    for run_start, run_end in zip(edges[::2], edges[1::2], strict=True):
+        cut = run_start
+        while cut < run_end:
+            next_cut = min(run_end, cut + _ROW_BLOCK_SIZE, (cut // token_chunk + 1) * token_chunk)
+            runs.append((cut, next_cut))
+            cut = next_cut
+    return runs
+
+
+def _row_blocks(
+    token_start: int, token_end: int, runs: list[tuple[int, int]], block: int
+) -> list[tuple[int, int, bool]]:
+    """``[token_start, token_end)`` cut into blocks ``(b0, b1, rescaled)`` of at most ``block`` rows: the ``runs``
+    inside it (``rescaled``), and the rows between them."""
+    blocks, cut = [], token_start
+    for r0, r1 in [*(run for run in runs if token_start <= run[0] < token_end), (token_end, token_end)]:
+        for b0 in range(cut, r0, block):
+            blocks.append((b0, min(b0 + block, r0), False))
+        if r1 > r0:
+            blocks.append((r0, r1, True))
+        cut = r1
+    return blocks
+
+
+def _float32_rows(rows: torch.Tensor) -> torch.Tensor:
+    """``rows`` itself when float32 (to be overwritten in place), else a float32 copy."""
+    return rows if rows.dtype == torch.float32 else rows.float()
 
 
 def _trl_backward_fold(
@@ -337,38 +378,61 @@ def _trl_backward_fold(
     )
 
 
-def _transformed(tile: torch.Tensor, kernel_args: dict) -> torch.Tensor:
-    """``z = transform(logits) / T`` in float32, as TRL's fold computes it."""
-    return _trl_kernels._torch_transform(
-        tile.float(),
-        kernel_args["logit_scale"],
-        kernel_args["softcap"],
-        kernel_args["inv_t"],
-        kernel_args["HAS_SOFTCAP"],
-    )
+def _transform_(logits: torch.Tensor, kernel_args: dict) -> torch.Tensor:
+    """``z = transform(logits) / T`` as TRL's fold computes it (up to rounding), in place on float32 ``logits``;
+    with softcapping, returns ``tanh(logit_scale * logits / softcap)`` instead (``z = softcap * inv_t * it``)."""
+    if kernel_args["HAS_SOFTCAP"]:
+        return logits.mul_(kernel_args["logit_scale"] / kernel_args["softcap"]).tanh_()
+    return logits.mul_(kernel_args["logit_scale"] * kernel_args["inv_t"])
 
 
-def _scaled_logprob_logit_grad(
-    tile_rows: torch.Tensor,
+def _z_per_transformed(kernel_args: dict) -> float:
+    """``z`` per unit of what :func:`_transform_` leaves."""
+    return kernel_args["softcap"] * kernel_args["inv_t"] if kernel_args["HAS_SOFTCAP"] else 1.0
+
+
+def _scaled_exp_sums_(
+    logits: torch.Tensor, kernel_args: dict, running_max: torch.Tensor, factors: tuple[float, ...]
+) -> torch.Tensor:
+    """``(rows, len(factors))``: ``sum_v exp(c (z_v - m))`` for each factor ``c``, from float32 ``logits`` rows,
+    which are overwritten."""
+    shifted = _transform_(logits, kernel_args)
+    if _z_per_transformed(kernel_args) != 1.0:
+        shifted.mul_(_z_per_transformed(kernel_args))
+    shifted.sub_(running_max[:, None])
+    *first, last = factors
+    sums = [torch.mul(shifted, factor).exp_().sum(-1) for factor in first]
+    return torch.stack([*sums, shifted.mul_(last).exp_().sum(-1)], dim=-1)
+
+
+def _scaled_logprob_logit_grad_(
+    logits: torch.Tensor,
     kernel_args: dict,
     local_targets: torch.Tensor,
     factor: torch.Tensor,
     log_z: torch.Tensor,
     grad: torch.Tensor,
 ) -> torch.Tensor:
-    """``grad * d log_softmax(factor * z)[target] / d logits`` for a few rows of a tile (float32)."""
-    y = tile_rows.float() * kernel_args["logit_scale"]
+    """``grad * d log_softmax(factor * z)[target] / d logits`` for a few rows of a tile, computed in place on the
+    float32 ``logits`` rows (returned). ``local_targets`` outside ``[0, n_cols)`` are in another tile."""
+    n_cols = logits.shape[-1]
+    # d z / d logits = logit_scale * inv_t (times 1 - tanh^2 with softcapping).
+    coef = grad * factor * (kernel_args["logit_scale"] * kernel_args["inv_t"])
+    transformed = _transform_(logits, kernel_args)
+    scale = (factor * _z_per_transformed(kernel_args))[:, None]
     if kernel_args["HAS_SOFTCAP"]:
-        t = torch.tanh(y / kernel_args["softcap"])
-        z = kernel_args["softcap"] * t * kernel_args["inv_t"]
+        prob = torch.exp(transformed * scale - log_z[:, None])
+        out = transformed.square_().neg_().add_(1.0).mul_(coef[:, None])
     else:
-        z = y * kernel_args["inv_t"]
-    p = torch.exp(z * factor[:, None] - log_z[:, None])
-    is_target = torch.arange(z.shape[-1], device=z.device) == local_targets[:, None]
-    out = (is_target.float() - p) * (grad * factor * kernel_args["inv_t"])[:, None]
+        prob = transformed.mul_(scale).sub_(log_z[:, None]).exp_()
+        out = prob.mul_(-coef[:, None])
+    in_tile = (local_targets >= 0) & (local_targets < n_cols)
+    target_column = local_targets.clamp(0, n_cols - 1)[:, None]
     if kernel_args["HAS_SOFTCAP"]:
-        out = out * (1 - t * t)
-    return out * kernel_args["logit_scale"]
+        # (onehot - p) (1 - t^2) coef
+        out_p = prob.neg_().scatter_add_(1, target_column, in_tile.to(prob.dtype)[:, None])
+        return out.mul_(out_p)
+    return out.scatter_add_(1, target_column, (coef * in_tile)[:, None])
 
 
 class _OnePassScoring:
@@ -376,19 +440,24 @@ class _OnePassScoring:
 
     TRL's patched forward (backbone, shift, compaction of the scored positions, softcapping and logit scale,
     FSDP2/ZeRO-3 gathering, the MoE auxiliary loss) runs unchanged; only the tile function it calls is swapped, for
-    the one forward inside the ``with`` block. The extra log-probs are read with :meth:`scaled_log_probs`.
+    the one forward inside the ``with`` block, and only when some scored token may be rescaled (otherwise TRL's
+    own function runs and ERA adds no work). The extra log-probs are read with :meth:`scaled_log_probs`.
     """
 
-    def __init__(self, labels: torch.Tensor, rescalable: torch.Tensor, factors: tuple[float, float]) -> None:
+    def __init__(self, labels: torch.Tensor, rescalable: torch.Tensor, factors: tuple[float, ...]) -> None:
         self._mask = labels[:, 1:] != -100
-        self._rescalable_rows = rescalable
-        self._factors = factors
+        self.rescalable = rescalable.to(self._mask.device)
+        self.factors = factors
+        # The scored tokens of the responses that may be rescaled: the only rows that get the extra sums.
+        self._rescalable_tokens = self.rescalable[:, None] & self._mask
+        self.active = bool(factors) and bool(self._rescalable_tokens.any())
         self._scaled: torch.Tensor | None = None
         self._compact = False
 
     def __enter__(self) -> _OnePassScoring:
         self._original = _trl_utils._ChunkedLogProbFunction
-        _trl_utils._ChunkedLogProbFunction = self
+        if self.active:
+            _trl_utils._ChunkedLogProbFunction = self
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -396,9 +465,9 @@ class _OnePassScoring:
 
     def apply(self, hidden, weight, bias, targets, temperature, chunk_size, softcap, logit_scale, outputs):
         """Called by TRL's fused forward in place of ``ChunkedLogProbFunction.apply``, with its arguments."""
-        per_token = self._rescalable_rows.to(self._mask.device)[:, None].expand_as(self._mask)
         self._compact = targets.shape[0] != self._mask.numel()
-        rescalable = per_token[self._mask] if self._compact else per_token.reshape(-1)
+        tokens = self._rescalable_tokens
+        rescalable = tokens[self._mask] if self._compact else tokens.reshape(-1)
         if rescalable.shape[0] != targets.shape[0]:
             raise RuntimeError("TRL's fused LM head scored an unexpected set of positions")
         *per_token_outputs, self._scaled = _TwoTemperatureLogProbs.apply(
@@ -407,7 +476,7 @@ class _OnePassScoring:
             bias,
             targets,
             rescalable,
-            self._factors,
+            self.factors,
             temperature,
             chunk_size,
             softcap,
@@ -416,10 +485,12 @@ class _OnePassScoring:
         )
         return tuple(per_token_outputs)
 
-    def scaled_log_probs(self) -> torch.Tensor:
-        """``(B, L - 1, 2)``: the labels' log-probs at the two factors (zero off the rescalable rows), laid out as
-        TRL lays out its ``log_probs``."""
-        mask = self._mask.unsqueeze(-1).expand(*self._mask.shape, len(self._factors))
+    def scaled_log_probs(self) -> torch.Tensor | None:
+        """``(B, L - 1, len(factors))``: the labels' log-probs at each factor (zero off the rescalable rows), laid
+        out as TRL lays out its ``log_probs``; ``None`` when no token was rescalable (nothing was computed)."""
+        if self._scaled is None:
+            return None
+        mask = self._mask.unsqueeze(-1).expand(*self._mask.shape, len(self.factors))
         if self._compact:
             return self._scaled.new_zeros(mask.shape).masked_scatter(mask, self._scaled)
         return self._scaled.view(mask.shape).masked_fill(~mask, 0)
@@ -549,8 +620,8 @@ class ScaledLogProbHead:
     """Per-token log-probs of the sampled tokens under ``log_softmax(c_r * logits / T)``, one ``c_r`` per row.
 
     Without top-k, the rows are scored in TRL's one fused pass over the vocabulary: wrap the forward in
-    :meth:`one_pass`, which also folds the log-sum-exp at ``T / k`` and ``T * k`` for the rows that may be rescaled,
-    then select each row's log-probs with :meth:`__call__` once its factor is known.
+    :meth:`one_pass`, which also folds the log-sum-exp at ``T / k`` and/or ``T * k`` for the scored tokens of the
+    rows that may be rescaled, then select each row's log-probs with :meth:`__call__` once its factor is known.
 
     :param model: the causal LM that TRL patched with its fused LM head (not a PEFT wrapper).
     :param temperature: the sampling temperature ``T`` that TRL divides the logits by.
@@ -578,17 +649,23 @@ class ScaledLogProbHead:
         return torch.ones_like(factors, dtype=torch.bool) if self.topk is not None else factors != 1.0
 
     def one_pass(
-        self, labels: torch.Tensor, rescalable: torch.Tensor
+        self, labels: torch.Tensor, rescalable: torch.Tensor, factors: tuple[float, ...] | None = None
     ) -> AbstractContextManager[_OnePassScoring | None]:
-        """Context for the fused forward: scores the ``rescalable`` rows at both factors in the same tiles.
+        """Context for the fused forward: scores the ``rescalable`` rows at ``factors`` in the same tiles.
 
         :param labels: ``(B, L)`` the labels passed to the fused forward (``-100``: unscored).
         :param rescalable: ``(B,)`` bool, the rows whose factor may differ from 1.
+        :param factors: the factors other than 1 that rows may get (a subset of ``(k, 1/k)``, e.g. from
+            :func:`era_core.attainable_logit_factors`); ``None``: both. With none, or no rescalable row, TRL's own
+            function scores the forward and no row may be rescaled.
         :return: the scoring to pass to :meth:`__call__` (``None`` in top-k mode, which scores by itself).
         """
         if self.topk is not None:
             return nullcontext()
-        return _OnePassScoring(labels, rescalable, self.factor_values)
+        factors = self.factor_values if factors is None else tuple(factors)
+        if not set(factors) <= set(self.factor_values):
+            raise ValueError(f"factors must be among {self.factor_values}, got {factors}")
+        return _OnePassScoring(labels, rescalable, factors)
 
     def __call__(
         self,
@@ -612,16 +689,31 @@ class ScaledLogProbHead:
             return self._topk_log_probs(
                 hidden_states[:, -(num_scored + 1) :], labels[:, -(num_scored + 1) :], factors
             )
-        sharpen, flatten = self.factor_values
-        if not ((factors == 1.0) | (factors == sharpen) | (factors == flatten)).all():
+        rescaled = factors != 1.0
+        if not (
+            ~rescaled | torch.isin(factors, torch.tensor(self.factor_values, device=factors.device))
+        ).all():
             raise ValueError(
                 f"factors must be 1 or one of {sorted(self.factor_values)}, got {factors.tolist()}"
             )
         if scoring is None:
             raise ValueError("without top-k, ERA log-probs come from a forward run inside one_pass(...)")
-        scaled = scoring.scaled_log_probs()[:, -num_scored:]
-        result = torch.where((factors == sharpen).unsqueeze(-1), scaled[..., 0], log_probs)
-        return torch.where((factors == flatten).unsqueeze(-1), scaled[..., 1], result)
+        scored = (
+            torch.isin(factors, torch.tensor(scoring.factors, device=factors.device)) & scoring.rescalable
+        )
+        if (rescaled & ~scored).any():
+            raise ValueError(
+                f"rows rescaled by {factors.tolist()}, but one_pass scored only the rows "
+                f"{scoring.rescalable.tolist()} at the factors {scoring.factors}"
+            )
+        scaled = scoring.scaled_log_probs()
+        if scaled is None:
+            return log_probs
+        scaled = scaled[:, -num_scored:]
+        result = log_probs
+        for index, value in enumerate(scoring.factors):
+            result = torch.where((factors == value).unsqueeze(-1), scaled[..., index], result)
+        return result
 
     def _topk_log_probs(self, hidden_states, labels, factors) -> torch.Tensor:
         hidden_states, labels = hidden_states[:, :-1], labels[:, 1:]

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from era_core import (
+    attainable_logit_factors,
     categorical_entropy,
     logit_factors_from_response_entropy,
     response_logit_factors,
@@ -168,3 +169,49 @@ def test_factors_from_precomputed_response_entropy_match_the_one_call_form() -> 
         logit_factors_from_response_entropy(h_resp, mask.any(-1), advantages, lb=1.0, ub=2.5),
         response_logit_factors(entropy, mask, advantages, lb=1.0, ub=2.5),
     )
+
+
+def test_attainable_factors_follow_the_entropy_range() -> None:
+    log_v = math.log(300)
+    assert attainable_logit_factors(0.0, 100.0, 2.0, 300) == ()
+    assert attainable_logit_factors(0.0, log_v - 0.01, 2.0, 300) == (0.5,)
+    # At exactly log V (as the float32 entropies hold it) no entropy is above the bound.
+    assert attainable_logit_factors(0.0, torch.tensor(log_v).item(), 2.0, 300) == ()
+    assert attainable_logit_factors(0.1, log_v + 0.01, 3.0, 300) == (3.0,)
+    assert attainable_logit_factors(0.1, 1.0, 3.0, 300) == (3.0, torch.tensor(1 / 3.0).item())
+    assert attainable_logit_factors(0.1, 1.0, 2.0, 300) == (2.0, 0.5)
+    # One token: every entropy is 0, nothing is ever flattened.
+    assert attainable_logit_factors(0.1, 0.2, 2.0, 1) == (2.0,)
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match="vocab_size must be an integer >= 1"):
+            attainable_logit_factors(0.1, 1.0, 2.0, bad)
+    with pytest.raises(ValueError, match="need 0 <= lb < ub"):
+        attainable_logit_factors(1.0, 0.5, 2.0, 300)
+
+
+@settings(deadline=None, max_examples=200)
+@given(
+    vocab_size=st.integers(1, 200_000),
+    lb=st.sampled_from([0.0, 1e-50, 1e-8, 0.5]),
+    ub_offset=st.sampled_from([-1e-3, -1e-7, 0.0, 1e-7, 1e-3, 50.0]),
+    offsets=st.lists(st.sampled_from([-1e-6, -1e-7, 0.0, 1e-7, 1e-6]), min_size=4, max_size=4),
+)
+def test_factors_of_clamped_entropies_are_always_attainable(vocab_size, lb, ub_offset, offsets) -> None:
+    """Entropies at, or a rounding error beyond, the ends of [0, log V] never get a factor ruled out."""
+    log_v = math.log(vocab_size)
+    ub = max(log_v + ub_offset, lb + 1e-6)
+    h_resp = torch.tensor(
+        [offsets[0], offsets[1], log_v + offsets[2], log_v + offsets[3]], dtype=torch.float32
+    )
+    factors = logit_factors_from_response_entropy(
+        h_resp, torch.ones(4, dtype=torch.bool), torch.ones(4), lb, ub, vocab_size=vocab_size
+    )
+    allowed = {1.0, *attainable_logit_factors(lb, ub, 2.0, vocab_size)}
+    assert set(factors.tolist()) <= allowed
+
+
+def test_entropies_a_rounding_error_outside_their_range_are_clamped() -> None:
+    h_resp = torch.tensor([-1e-7, math.log(300) + 1e-5])
+    args = (h_resp, torch.ones(2, dtype=torch.bool), torch.ones(2), 0.0, math.log(300))
+    assert logit_factors_from_response_entropy(*args).tolist() == [2.0, 0.5]
+    assert logit_factors_from_response_entropy(*args, vocab_size=300).tolist() == [1.0, 1.0]

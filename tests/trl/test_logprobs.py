@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from trl.kernels import chunked_logprob as trl_kernels
 from trl.trainer import utils as trl_utils
 from trl.trainer.utils import add_fused_lm_head
 
-from era_core import OUTSIDE_TOPK_LOGPROB, response_factor_values, scaled_token_logprobs
+from era_core import (
+    OUTSIDE_TOPK_LOGPROB,
+    response_factor_values,
+    scaled_token_logprobs,
+)
 from tests.trl.conftest import VOCAB_SIZE, build_model
 from trl_era import logprobs
 from trl_era.logprobs import ScaledLogProbHead, capture_last_hidden_state
@@ -53,6 +59,18 @@ def patched_float64_model(device: str = "cpu"):
     return model
 
 
+def patched_models(dtype: str, device: str = "cpu", **config):
+    """A patched model of `dtype` and a float64 copy for the reference (the same one in float64); `config` sets
+    fields such as `final_logit_softcapping` that TRL's fused head reads."""
+    model = build_model().to(device)
+    for name, value in config.items():
+        setattr(model.config, name, value)
+    reference = copy.deepcopy(model).double()
+    model = model.to(getattr(torch, dtype))
+    add_fused_lm_head(model, temperature=TEMPERATURE, outputs=("log_probs", "entropy"))
+    return model, (model if dtype == "float64" else reference)
+
+
 def gradients(model, value: torch.Tensor, weights: torch.Tensor) -> list[torch.Tensor]:
     return torch.autograd.grad((value * weights).sum(), [p for p in model.parameters() if p.requires_grad])
 
@@ -64,15 +82,35 @@ def one_pass_era_logprobs(model, head, input_ids, attention_mask, labels, factor
     return trl_logps, head(hidden, labels, factors, trl_logps, scoring)
 
 
+def many_tiles(monkeypatch) -> None:
+    """Vocabulary, token and row tiles that do not divide the sizes (runs of rescaled rows cut across them)."""
+    monkeypatch.setattr(trl_utils, "_CHUNKED_LOGPROB_CHUNK_SIZE", 7)
+    monkeypatch.setattr(trl_kernels, "TOKEN_CHUNK_SIZE", 4)
+    monkeypatch.setattr(logprobs, "_ROW_BLOCK_SIZE", 2)
+
+
+# float64 checks the maths to TRL's float32 fold; float32 runs the fast path that works in place on the logit tile.
+TOLERANCES = {"float64": dict(rtol=1e-5, atol=1e-5), "float32": dict(rtol=1e-4, atol=1e-4)}
+GRAD_TOLERANCES = {"float64": dict(rtol=1e-4, atol=1e-6), "float32": dict(rtol=1e-3, atol=1e-5)}
+
+
+def assert_gradients_close(model, value, reference_model, reference, weights, dtype) -> None:
+    for got, expected in zip(
+        gradients(model, value, weights.to(value.dtype)),
+        gradients(reference_model, reference, weights.double()),
+        strict=True,
+    ):
+        torch.testing.assert_close(got.double(), expected, **GRAD_TOLERANCES[dtype])
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("tiles", ["one-tile", "many-tiles"])
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("k", [2.0, 3.0, 1.1])
-def test_rescaled_rows_match_full_logits_reference_and_others_stay_trl(k, device, tiles, monkeypatch):
-    if tiles == "many-tiles":  # vocabulary, token and rescaled-row tiles that do not divide the sizes
-        monkeypatch.setattr(trl_utils, "_CHUNKED_LOGPROB_CHUNK_SIZE", 7)
-        monkeypatch.setattr(trl_kernels, "TOKEN_CHUNK_SIZE", 4)
-        monkeypatch.setattr(logprobs, "_RESCALED_ROW_CHUNK_SIZE", 2)
-    model = patched_float64_model(device)
+def test_rescaled_rows_match_full_logits_reference_and_others_stay_trl(k, device, tiles, dtype, monkeypatch):
+    if tiles == "many-tiles":
+        many_tiles(monkeypatch)
+    model, reference_model = patched_models(dtype, device)
     input_ids, attention_mask, labels = make_batch(model.config.vocab_size, device)
     sharpen, flatten = response_factor_values(k)
     factors = torch.tensor([1.0, sharpen, flatten, 1.0, sharpen, flatten], device=device)
@@ -84,7 +122,7 @@ def test_rescaled_rows_match_full_logits_reference_and_others_stay_trl(k, device
     one_pass_logps, era = one_pass_era_logprobs(
         model, head, input_ids, attention_mask, labels, factors, rescalable
     )
-    reference = reference_logprobs(model, input_ids, attention_mask, factors)
+    reference = reference_logprobs(reference_model, input_ids, attention_mask, factors)
     scored = (labels[:, -NUM_SCORED:] != -100).double()
 
     assert torch.equal(one_pass_logps, trl_logps)
@@ -92,14 +130,11 @@ def test_rescaled_rows_match_full_logits_reference_and_others_stay_trl(k, device
     assert torch.equal(era[unchanged], trl_logps[unchanged])
     assert not torch.allclose(era[~unchanged], trl_logps[~unchanged])
     # TRL's kernel folds the logits in float32, hence the tolerance.
-    torch.testing.assert_close(era * scored, reference * scored, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(era.double() * scored, reference * scored, **TOLERANCES[dtype])
 
     weights = torch.randn(scored.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     weights = weights.to(device) * scored
-    for got, expected in zip(
-        gradients(model, era, weights), gradients(model, reference, weights), strict=True
-    ):
-        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
+    assert_gradients_close(model, era, reference_model, reference, weights, dtype)
 
 
 def test_rows_kept_at_factor_one_get_trls_gradients_bit_for_bit():
@@ -115,6 +150,116 @@ def test_rows_kept_at_factor_one_get_trls_gradients_bit_for_bit():
         gradients(model, era, weights), gradients(model, trl_logps, weights), strict=True
     ):
         assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_softcapped_and_scaled_logits_match_the_transformed_reference(dtype, monkeypatch):
+    many_tiles(monkeypatch)
+    # TRL's fused head reads these config fields (Qwen2's own forward ignores them): z = 2 tanh(1.3 logits / 2) / T.
+    model, reference_model = patched_models(dtype, final_logit_softcapping=2.0, logit_scale=1.3)
+    input_ids, attention_mask, labels = make_batch(model.config.vocab_size)
+    sharpen, flatten = response_factor_values(2.0)
+    factors = torch.tensor([1.0, sharpen, flatten, 1.0, sharpen, flatten])
+    head = ScaledLogProbHead(model, TEMPERATURE, k=2.0)
+    trl_logps, era = one_pass_era_logprobs(
+        model, head, input_ids, attention_mask, labels, factors, torch.ones(6, dtype=torch.bool)
+    )
+    logits = reference_model(input_ids=input_ids, attention_mask=attention_mask).logits[
+        :, -NUM_SCORED - 1 : -1
+    ]
+    transformed = 2.0 * torch.tanh(1.3 * logits.double() / 2.0) / TEMPERATURE
+    reference = scaled_token_logprobs(transformed, input_ids[:, -NUM_SCORED:], factors)
+    scored = (labels[:, -NUM_SCORED:] != -100).double()
+
+    plain = scaled_token_logprobs(transformed, input_ids[:, -NUM_SCORED:], torch.ones(6))
+    torch.testing.assert_close(trl_logps.double() * scored, plain * scored, **TOLERANCES[dtype])
+    torch.testing.assert_close(era.double() * scored, reference * scored, **TOLERANCES[dtype])
+    weights = (
+        torch.randn(scored.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64) * scored
+    )
+    assert_gradients_close(model, era, reference_model, reference, weights, dtype)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_rescaled_rows_with_gradients_at_t_and_through_the_entropy_match_the_reference(dtype, monkeypatch):
+    """A loss that also reads a rescaled row's log-prob at ``T`` and every row's entropy (TRL's fold and ERA's
+    gradient then add up on the same rows)."""
+    many_tiles(monkeypatch)
+    model, reference_model = patched_models(dtype)
+    input_ids, attention_mask, labels = make_batch(model.config.vocab_size)
+    sharpen, flatten = response_factor_values(2.0)
+    factors = torch.tensor([1.0, sharpen, flatten, 1.0, sharpen, 1.0])
+    head = ScaledLogProbHead(model, TEMPERATURE, k=2.0)
+    with head.one_pass(labels, factors != 1.0) as scoring, capture_last_hidden_state(model) as captured:
+        outputs = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, fused_lm_head=True)
+    trl_logps, entropy = outputs.log_probs[:, -NUM_SCORED:], outputs.entropy[:, -NUM_SCORED:]
+    era = head(captured["last_hidden_state"], labels, factors, trl_logps, scoring)
+
+    logits = reference_model(input_ids=input_ids, attention_mask=attention_mask).logits[
+        :, -NUM_SCORED - 1 : -1
+    ]
+    logits = logits.double() / TEMPERATURE
+    reference_era = scaled_token_logprobs(logits, input_ids[:, -NUM_SCORED:], factors)
+    reference_plain = scaled_token_logprobs(logits, input_ids[:, -NUM_SCORED:], torch.ones(6))
+    log_p = torch.log_softmax(logits, dim=-1)
+    reference_entropy = -(log_p.exp() * log_p).sum(dim=-1)
+    scored = (labels[:, -NUM_SCORED:] != -100).double()
+    generator = torch.Generator().manual_seed(6)
+    w_era, w_plain, w_entropy = (
+        torch.randn(scored.shape, generator=generator, dtype=torch.float64) * scored for _ in range(3)
+    )
+
+    value = (
+        (era * w_era.to(era.dtype)).sum()
+        + (trl_logps * w_plain.to(era.dtype)).sum()
+        + (entropy * w_entropy.to(era.dtype)).sum()
+    )
+    reference = (
+        (reference_era * w_era).sum()
+        + (reference_plain * w_plain).sum()
+        + (reference_entropy * w_entropy).sum()
+    )
+    torch.testing.assert_close(value.double(), reference, **TOLERANCES[dtype])
+    assert_gradients_close(model, value, reference_model, reference, torch.ones(()), dtype)
+
+
+@pytest.mark.parametrize("nothing_rescalable", ["no-factor", "no-row"])
+def test_without_rescalable_tokens_trls_own_function_scores(nothing_rescalable, monkeypatch):
+    model = patched_float64_model()
+    input_ids, attention_mask, labels = make_batch(model.config.vocab_size)
+
+    def fail(*args):
+        raise AssertionError("ERA's function ran although no token may be rescaled")
+
+    monkeypatch.setattr(logprobs._TwoTemperatureLogProbs, "apply", fail)
+    head = ScaledLogProbHead(model, TEMPERATURE, k=2.0)
+    factors, rescalable = (), torch.ones(6, dtype=torch.bool)
+    if nothing_rescalable == "no-row":
+        factors, rescalable = None, torch.zeros(6, dtype=torch.bool)
+    with head.one_pass(labels, rescalable, factors) as scoring:
+        trl_logps, hidden = fused_pass(model, input_ids, attention_mask, labels)
+    era = head(hidden, labels, torch.ones(6), trl_logps, scoring)
+    assert era is trl_logps
+    with pytest.raises(ValueError, match="one_pass scored only"):
+        head(hidden, labels, torch.tensor([1.0, 2.0, 1.0, 1.0, 1.0, 1.0]), trl_logps, scoring)
+
+
+def test_one_factor_scoring_matches_the_reference_and_refuses_the_other_factor():
+    model = patched_float64_model()
+    input_ids, attention_mask, labels = make_batch(model.config.vocab_size)
+    head = ScaledLogProbHead(model, TEMPERATURE, k=2.0)
+    sharpen, flatten = response_factor_values(2.0)
+    factors = torch.tensor([1.0, flatten, flatten, 1.0, 1.0, flatten])
+    with head.one_pass(labels, factors != 1.0, (flatten,)) as scoring:
+        trl_logps, hidden = fused_pass(model, input_ids, attention_mask, labels)
+    era = head(hidden, labels, factors, trl_logps, scoring)
+    reference = reference_logprobs(model, input_ids, attention_mask, factors)
+    scored = (labels[:, -NUM_SCORED:] != -100).double()
+    torch.testing.assert_close(era * scored, reference * scored, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="one_pass scored only"):
+        head(hidden, labels, torch.tensor([1.0, sharpen, 1.0, 1.0, 1.0, 1.0]), trl_logps, scoring)
+    with pytest.raises(ValueError, match="factors must be among"):
+        head.one_pass(labels, factors != 1.0, (3.0,))
 
 
 def test_rejects_factors_other_than_one_and_k():

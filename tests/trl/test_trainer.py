@@ -10,7 +10,7 @@ from trl import GRPOConfig, GRPOTrainer
 
 from era_core import response_logit_factors, scaled_token_logprobs, top_entropy_mean
 from tests.trl.conftest import VOCAB_SIZE, build_model, build_tokenizer, count_reward
-from trl_era import ERAGRPOConfig, ERAGRPOTrainer
+from trl_era import ERAGRPOConfig, ERAGRPOTrainer, logprobs
 
 ERA_METRICS = (
     "era/top_entropy_mean",
@@ -108,6 +108,28 @@ def test_training_runs_and_logs_era_metrics(config_kwargs, prompts):
         assert entry["era/frac_sharpened"] == 0.0 and 0.0 < entry["era/frac_flattened"] < 1.0
         assert 3.0 < entry["era/top_entropy_mean"] < math.log(VOCAB_SIZE)
     assert any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters(), strict=True))
+
+
+@pytest.mark.parametrize(
+    ("bounds", "scored_factors"),
+    [(NO_RESCALING, None), (dict(era_lb=0.0, era_ub=1.0), (0.5,)), (dict(era_lb=1.0, era_ub=100.0), (2.0,))],
+)
+def test_only_the_factors_the_bounds_can_give_are_scored(
+    config_kwargs, prompts, monkeypatch, bounds, scored_factors
+):
+    """Entropies lie in [0, log V] (log V = 5.7 here): `era_lb = 0` never sharpens, `era_ub >= log V` never
+    flattens; with neither, TRL's own function scores the loss's forward."""
+    trainer = make_trainer(config_kwargs, prompts, **bounds)
+    calls = []
+    original = logprobs._TwoTemperatureLogProbs.apply
+
+    def spy(*args):
+        calls.append(args[5])
+        return original(*args)
+
+    monkeypatch.setattr(logprobs._TwoTemperatureLogProbs, "apply", spy)
+    loss_log_probs(trainer, fixed_batch(trainer.model.config.vocab_size))
+    assert calls == ([] if scored_factors is None else [scored_factors])
 
 
 def test_rescales_exactly_the_eligible_rows_and_matches_full_logits_reference(config_kwargs, prompts):
