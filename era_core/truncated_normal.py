@@ -13,6 +13,7 @@ import math
 from numbers import Number
 
 import torch
+from torch.autograd.function import once_differentiable
 from torch.distributions import Distribution, constraints
 from torch.distributions.utils import broadcast_all
 
@@ -41,6 +42,20 @@ def _log_normal_pdf(x: torch.Tensor) -> torch.Tensor:
     return -0.5 * x * x - _HALF_LOG_2PI
 
 
+def _deep_tail_quantile(log_p: torch.Tensor, deep_tail: torch.Tensor, tiny_log: float) -> torch.Tensor:
+    """``Phi^-1(exp(log_p))`` where ``deep_tail`` (``log_p < tiny_log``, below what ``ndtri`` resolves).
+
+    Asymptotic start, then Newton on ``log Phi(x) = log_p``; elsewhere the values are meaningless but finite.
+    """
+    lp_tail = torch.where(deep_tail, log_p, torch.full_like(log_p, 2.0 * tiny_log))
+    t = -2.0 * lp_tail
+    x_tail = -torch.sqrt(t - torch.log(t) - math.log(2.0 * math.pi))
+    for _ in range(4):
+        log_cdf = torch.special.log_ndtr(x_tail)
+        x_tail = x_tail - (log_cdf - lp_tail) * torch.exp(log_cdf - _log_normal_pdf(x_tail))
+    return x_tail
+
+
 def ndtri_exp(log_p: torch.Tensor) -> torch.Tensor:
     """Standard normal quantile of ``exp(log_p)``, finite for every ``log_p < 0`` (differentiable)."""
     tiny_log = math.log(torch.finfo(log_p.dtype).tiny) + 1.0
@@ -50,17 +65,11 @@ def ndtri_exp(log_p: torch.Tensor) -> torch.Tensor:
     safe = torch.where(deep_tail, torch.full_like(log_p, -1.0), log_p)
     z = torch.special.ndtri(torch.where(upper_half, -torch.expm1(safe), torch.exp(safe)))
     x = torch.where(upper_half, -z, z)
-    # Deep lower tail (p below the dtype's smallest normal; only for locations far outside the support):
-    # asymptotic start, then Newton on log Phi(x) = log_p. On a CPU it is skipped when no element needs it;
-    # on an accelerator that test would be a host sync, so the branch is always computed there.
+    # Deep lower tail (p below the dtype's smallest normal; only for locations far outside the support). On a
+    # CPU it is skipped when no element needs it; on an accelerator that test would be a host sync, so the
+    # branch is always computed there.
     if log_p.device.type != "cpu" or bool(deep_tail.any()):
-        lp_tail = torch.where(deep_tail, log_p, torch.full_like(log_p, 2.0 * tiny_log))
-        t = -2.0 * lp_tail
-        x_tail = -torch.sqrt(t - torch.log(t) - math.log(2.0 * math.pi))
-        for _ in range(4):
-            log_cdf = torch.special.log_ndtr(x_tail)
-            x_tail = x_tail - (log_cdf - lp_tail) * torch.exp(log_cdf - _log_normal_pdf(x_tail))
-        x = torch.where(deep_tail, x_tail, x)
+        x = torch.where(deep_tail, _deep_tail_quantile(log_p, deep_tail, tiny_log), x)
     return x
 
 
@@ -76,6 +85,40 @@ def _standard_quantile(
     log_p = torch.logaddexp(torch.special.log_ndtr(start), torch.log(fraction.clamp_min(tiny)) + log_z)
     z = ndtri_exp(log_p.clamp(max=-tiny))
     return torch.where(mirrored, -z, z)
+
+
+def _sample_and_log_prob_in_interval(
+    loc: torch.Tensor, scale: torch.Tensor, center: float, half_width: float, u: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A sample on ``[center - half_width, center + half_width]`` and its log-density, in few operations.
+
+    The quantile of :func:`_standard_quantile`, taken on the mirror image that keeps the interval in the lower
+    tail of the standard normal: with ``d = |loc - center|`` its standardised bounds are
+    ``a = (-half_width - d) / scale`` and ``b = (half_width - d) / scale`` on either side of the centre, so no
+    elementwise choice is needed until the end. ``u`` (uniform, a fresh tensor, overwritten) is the quantile's
+    level in that image: ``x = loc + s * scale * Phi^-1(Phi(a) + u * Z)`` with ``s = -1`` below the centre (the
+    sample :meth:`TruncatedNormal.icdf` gives for ``1 - u`` there and ``u`` above; the same distribution).
+    ``ln Z = ln Phi(b) + ln(-expm1(ln Phi(a) - ln Phi(b)))`` is exact to the dtype's resolution in absolute
+    terms, which is what a log-probability needs. The log-density at the sample is read off the standardised
+    quantile ``z`` it is made of: ``-z^2 / 2 - ln(2 pi) / 2 - ln(scale) - ln(Z)``. Without gradient.
+    """
+    mirrored = loc < center
+    distance = (loc - center).abs_() if center != 0.0 else loc.abs()
+    log_phi_a = torch.special.log_ndtr(torch.rsub(distance, -half_width).div_(scale))
+    log_z = torch.special.log_ndtr(torch.rsub(distance, half_width).div_(scale))
+    log_z += torch.sub(log_phi_a, log_z).expm1_().neg_().log_()
+    log_p = torch.logaddexp(log_phi_a, u.log_().add_(log_z)).clamp_(max=-torch.finfo(u.dtype).tiny)
+    # ndtri_exp, with its final sign folded into the mirror image's.
+    upper_half = log_p > -math.log(2.0)
+    z = torch.special.ndtri(torch.where(upper_half, torch.expm1(log_p).neg_(), torch.exp(log_p)))
+    tiny_log = math.log(torch.finfo(log_p.dtype).tiny) + 1.0
+    if log_p.device.type != "cpu" or log_p.min().item() < tiny_log:
+        deep_tail = log_p < tiny_log
+        z = torch.where(deep_tail, _deep_tail_quantile(log_p, deep_tail, tiny_log), z)
+    z = torch.where(upper_half ^ mirrored, z.neg(), z)
+    x = torch.addcmul(loc, scale, z).clamp_(center - half_width, center + half_width)
+    log_prob = torch.addcmul(log_z.add_(_HALF_LOG_2PI).add_(torch.log(scale)), z, z, value=0.5).neg_()
+    return x, log_prob
 
 
 class _ReparameterizedSample(torch.autograd.Function):
@@ -112,6 +155,45 @@ class _ReparameterizedSample(torch.autograd.Function):
         grad_loc = grad_x * dx_dloc if ctx.needs_input_grad[0] else None
         grad_scale = grad_x * dx_dscale if ctx.needs_input_grad[1] else None
         return grad_loc, grad_scale, None, None, None, None
+
+
+class _LogZAndDensityRatios(torch.autograd.Function):
+    """``(ln Z, phi(alpha) / Z, phi(beta) / Z)`` for ``Z = Phi(beta) - Phi(alpha)``, with the gradient in closed form.
+
+    With ``pa = phi(alpha) / Z``, ``pb = phi(beta) / Z`` and ``phi'(x) = -x phi(x)``: ``d ln Z / d alpha = -pa``,
+    ``d ln Z / d beta = pb``, ``d pa / d alpha = pa (pa - alpha)``, ``d pa / d beta = -pa pb``,
+    ``d pb / d alpha = pa pb`` and ``d pb / d beta = -pb (beta + pb)``. The log-probability, entropy, mean and
+    variance need no more than these three; the backward is a few products instead of differentiating the
+    tail-safe ``log_ndtr_diff``.
+    """
+
+    @staticmethod
+    def forward(ctx, alpha, beta):
+        log_z = log_ndtr_diff(beta, alpha)
+        pa = torch.exp(_log_normal_pdf(alpha) - log_z)
+        pb = torch.exp(_log_normal_pdf(beta) - log_z)
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(alpha, beta, pa, pb)
+        return log_z, pa, pb
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_log_z, grad_pa, grad_pb):
+        alpha, beta, pa, pb = ctx.saved_tensors
+        grad_alpha = torch.zeros_like(alpha)
+        grad_beta = torch.zeros_like(beta)
+        if grad_log_z is not None:
+            grad_alpha -= grad_log_z * pa
+            grad_beta += grad_log_z * pb
+        if grad_pa is not None:
+            weighted = grad_pa * pa
+            grad_alpha += weighted * (pa - alpha)
+            grad_beta -= weighted * pb
+        if grad_pb is not None:
+            weighted = grad_pb * pb
+            grad_alpha += weighted * pa
+            grad_beta -= weighted * (beta + pb)
+        return grad_alpha, grad_beta
 
 
 class TruncatedNormal(Distribution):
@@ -168,8 +250,13 @@ class TruncatedNormal(Distribution):
         return (self.high - self.loc) / self.scale
 
     @functools.cached_property
+    def _truncation(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(ln Z, phi(alpha) / Z, phi(beta) / Z)``, differentiable in closed form."""
+        return _LogZAndDensityRatios.apply(self._alpha, self._beta)
+
+    @property
     def _log_z(self) -> torch.Tensor:
-        return log_ndtr_diff(self._beta, self._alpha)
+        return self._truncation[0]
 
     @constraints.dependent_property(is_discrete=False, event_dim=0)
     def support(self) -> constraints.Constraint:
@@ -178,16 +265,14 @@ class TruncatedNormal(Distribution):
     def expand(self, batch_shape: torch.Size, _instance: TruncatedNormal | None = None) -> TruncatedNormal:
         new = self._get_checked_instance(TruncatedNormal, _instance)
         batch_shape = torch.Size(batch_shape)
-        for name in ("loc", "scale", "low", "high", "_alpha", "_beta", "_log_z"):
+        for name in ("loc", "scale", "low", "high", "_alpha", "_beta"):
             value = getattr(self, name)
             setattr(new, name, value.expand(batch_shape) if isinstance(value, torch.Tensor) else value)
+        new._truncation = tuple(value.expand(batch_shape) for value in self._truncation)
         new._out_dtype = self._out_dtype
         super(TruncatedNormal, new).__init__(batch_shape, validate_args=False)
         new._validate_args = self._validate_args
         return new
-
-    def _pdf_over_z(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.exp(_log_normal_pdf(x) - self._log_z)
 
     @property
     def mode(self) -> torch.Tensor:
@@ -195,19 +280,21 @@ class TruncatedNormal(Distribution):
 
     @property
     def mean(self) -> torch.Tensor:
-        mean = self.loc + self.scale * (self._pdf_over_z(self._alpha) - self._pdf_over_z(self._beta))
+        _, pa, pb = self._truncation
+        mean = self.loc + self.scale * (pa - pb)
         return mean.to(self._out_dtype)
 
     @property
     def variance(self) -> torch.Tensor:
-        pa, pb = self._pdf_over_z(self._alpha), self._pdf_over_z(self._beta)
+        _, pa, pb = self._truncation
         variance = self.scale.pow(2) * (1.0 + self._alpha * pa - self._beta * pb - (pa - pb).pow(2))
         return variance.to(self._out_dtype)
 
     def entropy(self) -> torch.Tensor:
         """``ln(sqrt(2 pi e) scale Z) + (alpha phi(alpha) - beta phi(beta)) / (2 Z)`` per element."""
-        tail = self._alpha * self._pdf_over_z(self._alpha) - self._beta * self._pdf_over_z(self._beta)
-        entropy = _HALF_LOG_2PI_E + torch.log(self.scale) + self._log_z + 0.5 * tail
+        log_z, pa, pb = self._truncation
+        tail = self._alpha * pa - self._beta * pb
+        entropy = _HALF_LOG_2PI_E + torch.log(self.scale) + log_z + 0.5 * tail
         return entropy.to(self._out_dtype)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
@@ -228,6 +315,38 @@ class TruncatedNormal(Distribution):
         value = torch.as_tensor(value, dtype=self.loc.dtype, device=self.loc.device)
         x = self.loc + self.scale * _standard_quantile(self._alpha, self._beta, self._log_z, value)
         return x.clamp(self.low, self.high).to(self._out_dtype)
+
+    def sample_and_log_prob(
+        self, sample_shape: torch.Size = torch.Size()
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A sample (no gradient) and its log-probability, as ``x = sample(); log_prob(x)`` in fewer operations.
+
+        Draws ``u ~ Uniform(eps, 1 - eps)`` like :meth:`rsample` and returns ``icdf(u)`` where the location is
+        at or above the middle of ``[low, high]`` and ``icdf(1 - u)`` below it (the same distribution), with
+        the log-density read off the quantile that made the sample, in a few dozen elementwise operations
+        (number bounds; tensor bounds take the two-call route). Meant for rollouts, where one state per step
+        makes the number of small operations the cost.
+
+        :param sample_shape: Shape of the sample, prepended to the batch shape.
+        :return: The sample and its elementwise log-probability, both of shape ``sample_shape + batch_shape``.
+        """
+        if torch.is_grad_enabled():
+            with torch.no_grad():
+                return self.sample_and_log_prob(sample_shape)
+        if isinstance(self.low, torch.Tensor) or isinstance(self.high, torch.Tensor):
+            x = self.rsample(sample_shape)
+            return x, self.log_prob(x)
+        shape = self._extended_shape(sample_shape)
+        eps = torch.finfo(self.loc.dtype).eps
+        u = torch.rand(shape, dtype=self.loc.dtype, device=self.loc.device).clamp_(eps, 1.0 - eps)
+        x, log_prob = _sample_and_log_prob_in_interval(
+            self.loc.expand(shape),
+            self.scale.expand(shape),
+            0.5 * (self.low + self.high),
+            0.5 * (self.high - self.low),
+            u,
+        )
+        return x.to(self._out_dtype), log_prob.to(self._out_dtype)
 
     def rsample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
         """Reparameterised sample, ``icdf(u)`` for ``u ~ Uniform(eps, 1 - eps)``, with a closed-form gradient."""

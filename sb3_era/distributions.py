@@ -49,6 +49,8 @@ class TruncatedNormalDistribution(DiagGaussianDistribution):
         self.is_unit_box = bool(np.all(low_arr == -1.0) and np.all(high_arr == 1.0))
         # log|det| of the map from the unit box to [low, high]; subtract it to get unit-box entropies.
         self.log_scale_correction = float(np.log((high_arr - low_arr) / 2.0).sum())
+        # (actions, their version counter, log-probability) of the last sample drawn without gradient.
+        self._sampled: tuple[th.Tensor, int, th.Tensor] | None = None
 
     def proba_distribution(
         self: SelfTruncatedNormalDistribution, mean_actions: th.Tensor, log_std: th.Tensor
@@ -65,7 +67,10 @@ class TruncatedNormalDistribution(DiagGaussianDistribution):
         scale = log_std.exp().expand_as(loc)
         if self.center.device != loc.device or self.center.dtype != loc.dtype:
             self.center, self.half_range = self.center.to(loc), self.half_range.to(loc)
-        self.distribution = TruncatedNormal(loc, scale, -1.0, 1.0)
+        # A rollout (no gradient) skips the parameter checks; a training pass (with gradient) keeps them.
+        validate_args = None if th.is_grad_enabled() else False
+        self.distribution = TruncatedNormal(loc, scale, -1.0, 1.0, validate_args=validate_args)
+        self._sampled = None
         return self
 
     def _to_unit_box(self, actions: th.Tensor) -> th.Tensor:
@@ -81,6 +86,14 @@ class TruncatedNormalDistribution(DiagGaussianDistribution):
         return self.center + self.half_range * unit
 
     def log_prob(self, actions: th.Tensor) -> th.Tensor:
+        sampled = self._sampled
+        if (
+            sampled is not None
+            and actions is sampled[0]
+            and actions._version == sampled[1]
+            and not th.is_grad_enabled()
+        ):
+            return sampled[2]
         log_prob = sum_independent_dims(self.distribution.log_prob(self._to_unit_box(actions)))
         return log_prob - self.log_scale_correction
 
@@ -88,7 +101,19 @@ class TruncatedNormalDistribution(DiagGaussianDistribution):
         return sum_independent_dims(self.distribution.entropy()) + self.log_scale_correction
 
     def sample(self) -> th.Tensor:
-        return self._from_unit_box(self.distribution.rsample())
+        """
+        Draw actions; with gradient a reparameterised sample, without (a rollout) one pass that also computes
+        their log-probability, returned by the next ``log_prob`` of these very actions (left unmodified).
+
+        :return: Actions in the environment's units
+        """
+        if th.is_grad_enabled():
+            return self._from_unit_box(self.distribution.rsample())
+        unit, unit_log_prob = self.distribution.sample_and_log_prob()
+        actions = self._from_unit_box(unit)
+        log_prob = sum_independent_dims(unit_log_prob) - self.log_scale_correction
+        self._sampled = (actions, actions._version, log_prob)
+        return actions
 
     def mode(self) -> th.Tensor:
         return self._from_unit_box(self.distribution.mode)

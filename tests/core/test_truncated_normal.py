@@ -217,3 +217,117 @@ def test_rsample_without_gradient_equals_the_differentiable_sample() -> None:
     with torch.no_grad():
         without = TruncatedNormal(loc, scale).rsample((16,))
     assert torch.equal(with_grad.detach(), without)
+
+
+def _sample_and_log_prob_with_reference(loc, scale, low, high, seed, shape=(40,)):
+    """The one-pass sample and log-prob, and ``icdf`` + ``log_prob`` (float64) for the same uniform draws."""
+    dist = TruncatedNormal(loc, scale, low, high)
+    torch.manual_seed(seed)
+    x, log_prob = dist.sample_and_log_prob(shape)
+    torch.manual_seed(seed)
+    eps = torch.finfo(loc.dtype).eps
+    u = torch.rand(shape + loc.shape, dtype=loc.dtype).clamp(eps, 1.0 - eps).double()
+    reference = TruncatedNormal(loc.double(), scale.double(), low, high)
+    # Below the middle of the interval the one-pass sample is the quantile of 1 - u (same distribution).
+    level = torch.where(loc.double() < 0.5 * (low + high), 1.0 - u, u)
+    expected = reference.icdf(level)
+    return x, log_prob, expected, reference.log_prob(expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize(("low", "high"), [(-1.0, 1.0), (-2.0, 0.5)])
+def test_sample_and_log_prob_match_icdf_and_log_prob(dtype: torch.dtype, low: float, high: float) -> None:
+    width = 0.5 * (high - low)
+    loc = torch.tensor([0.5 * (low + high) + width * c[0] for c in CASES] + [high - 1e-3, low], dtype=dtype)
+    scale = torch.tensor([width * c[1] for c in CASES] + [0.02, 3.0], dtype=dtype)
+    x, log_prob, expected, expected_log_prob = _sample_and_log_prob_with_reference(loc, scale, low, high, 5)
+    assert x.dtype == log_prob.dtype == dtype and not x.requires_grad
+    assert torch.all(x >= low) and torch.all(x <= high) and torch.isfinite(log_prob).all()
+    if dtype == torch.float64:
+        torch.testing.assert_close(x, expected, rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(log_prob, expected_log_prob, rtol=1e-9, atol=1e-9)
+    else:
+        torch.testing.assert_close(x.double(), expected, rtol=1e-4, atol=1e-5)
+        # Read off the quantile, the log-density keeps float32's resolution even where the sample's does
+        # not resolve the density (scale exp(-8) at a bound; log_prob of the rounded sample is off by ~1e-4).
+        torch.testing.assert_close(log_prob.double(), expected_log_prob, rtol=5e-5, atol=1e-5)
+
+
+@settings(max_examples=40, deadline=None)
+@given(loc=st.floats(-1.0, 1.0), log_scale=st.floats(-8.0, 3.0), seed=st.integers(0, 2**16))
+def test_sample_and_log_prob_match_the_reference_everywhere(loc: float, log_scale: float, seed: int) -> None:
+    loc_t = torch.tensor([loc], dtype=torch.float64)
+    scale_t = torch.tensor([math.exp(log_scale)], dtype=torch.float64)
+    x, log_prob, expected, expected_log_prob = _sample_and_log_prob_with_reference(
+        loc_t, scale_t, -1.0, 1.0, seed
+    )
+    torch.testing.assert_close(x, expected, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(log_prob, expected_log_prob, rtol=1e-9, atol=1e-9)
+
+
+def test_sample_and_log_prob_far_outside_the_support_take_the_deep_tail() -> None:
+    # Locations far outside [-1, 1] put every quantile level below float32's smallest normal number.
+    loc = torch.tensor([12.0, -12.0, 3.0])
+    scale = torch.tensor([0.1, 0.1, 0.05])
+    x, log_prob, expected, expected_log_prob = _sample_and_log_prob_with_reference(loc, scale, -1.0, 1.0, 2)
+    assert torch.isfinite(x).all() and torch.isfinite(log_prob).all()
+    torch.testing.assert_close(x.double(), expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(log_prob.double(), expected_log_prob, rtol=1e-4, atol=2e-2)
+
+
+def test_sample_and_log_prob_with_tensor_bounds_and_under_grad_mode() -> None:
+    loc = torch.zeros(3, requires_grad=True)
+    dist = TruncatedNormal(loc, torch.ones(3), low=torch.tensor([-2.0, 0.0, -0.5]), high=1.0)
+    x, log_prob = dist.sample_and_log_prob((500,))
+    assert not x.requires_grad and not log_prob.requires_grad
+    assert torch.all(x >= dist.low) and torch.all(x <= 1.0)
+    torch.testing.assert_close(log_prob, dist.log_prob(x).detach())
+    x, log_prob = TruncatedNormal(loc, torch.ones(3)).sample_and_log_prob((4,))
+    assert not x.requires_grad and not log_prob.requires_grad
+
+
+def _reference_statistics(loc: torch.Tensor, scale: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """log_prob, entropy, mean and variance by plain autograd through ``log_ndtr_diff`` (no custom backward)."""
+    from era_core.truncated_normal import log_ndtr_diff
+
+    alpha, beta = (-1.0 - loc) / scale, (1.0 - loc) / scale
+    log_z = log_ndtr_diff(beta, alpha)
+    pa = torch.exp(-0.5 * alpha**2 - 0.5 * math.log(2 * math.pi) - log_z)
+    pb = torch.exp(-0.5 * beta**2 - 0.5 * math.log(2 * math.pi) - log_z)
+    xi = (value - loc) / scale
+    log_prob = -0.5 * xi**2 - 0.5 * math.log(2 * math.pi) - torch.log(scale) - log_z
+    entropy = 0.5 * math.log(2 * math.pi * math.e) + torch.log(scale) + log_z + 0.5 * (alpha * pa - beta * pb)
+    mean = loc + scale * (pa - pb)
+    variance = scale**2 * (1.0 + alpha * pa - beta * pb - (pa - pb) ** 2)
+    return torch.stack([log_prob, entropy, mean, variance])
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_closed_form_log_z_gradient_matches_autograd_through_the_reference(dtype: torch.dtype) -> None:
+    loc = torch.tensor([c[0] for c in CASES] + [0.999, -0.5], dtype=dtype)
+    scale = torch.tensor([c[1] for c in CASES] + [0.02, 3.0], dtype=dtype)
+    value = (loc + 0.5 * scale).clamp(-1.0, 1.0)
+    weights = torch.linspace(-1.0, 2.0, 4, dtype=dtype)[:, None]
+    grads = []
+    for statistics in (
+        lambda lo, sc: torch.stack(
+            [(d := TruncatedNormal(lo, sc)).log_prob(value), d.entropy(), d.mean, d.variance]
+        ),
+        lambda lo, sc: _reference_statistics(lo, sc, value),
+    ):
+        leaves = (loc.clone().requires_grad_(True), scale.clone().requires_grad_(True))
+        (statistics(*leaves) * weights).sum().backward()
+        grads.append([leaf.grad for leaf in leaves])
+    (fast_loc, fast_scale), (ref_loc, ref_scale) = grads
+    assert torch.isfinite(fast_loc).all() and torch.isfinite(fast_scale).all()
+    tolerance = dict(rtol=1e-7, atol=1e-9) if dtype == torch.float64 else dict(rtol=2e-3, atol=2e-3)
+    torch.testing.assert_close(fast_loc, ref_loc, **tolerance)
+    torch.testing.assert_close(fast_scale, ref_scale, **tolerance)
+
+
+def test_closed_form_log_z_gradient_passes_gradcheck() -> None:
+    from era_core.truncated_normal import _LogZAndDensityRatios
+
+    alpha = torch.tensor([-3.0, -0.2, -40.0, 0.5, -1e-3, -5.0], dtype=torch.float64, requires_grad=True)
+    beta = torch.tensor([-1.0, 0.3, -38.0, 30.0, 1e-3, 5.0], dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(_LogZAndDensityRatios.apply, (alpha, beta))

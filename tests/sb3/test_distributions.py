@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import torch as th
 
 from era_core import TruncatedNormal
@@ -67,6 +68,31 @@ def test_non_unit_bounds_rescale_actions_and_shift_log_prob_by_the_jacobian():
     assert (samples >= th.as_tensor(low, dtype=th.float32)).all() and (
         samples <= th.as_tensor(high, dtype=th.float32)
     ).all()
+
+
+@pytest.mark.parametrize(
+    ("low", "high"), [(-1.0, 1.0), (np.array([-2.0, 0.0, -0.4]), np.array([2.0, 1.0, 0.4]))]
+)
+def test_rollout_sample_returns_the_log_prob_of_its_actions(low, high):
+    # A rollout (no gradient) computes the log-prob with the sample; it must be that of log_prob(actions).
+    mean, log_std = (t.double() for t in _params())
+    dist = TruncatedNormalDistribution(3, low, high)
+    with th.no_grad():
+        dist.proba_distribution(mean, log_std)
+        actions = dist.sample()
+        from_the_sample = dist.log_prob(actions)
+        recomputed = dist.log_prob(actions.clone())
+    assert from_the_sample is not recomputed
+    th.testing.assert_close(from_the_sample, recomputed, rtol=1e-9, atol=1e-9)
+    # Actions changed in place, or a log-prob asked for with gradient, are computed afresh.
+    with th.no_grad():
+        actions.mul_(0.5)
+        th.testing.assert_close(dist.log_prob(actions), dist.log_prob(actions.clone()), rtol=0, atol=0)
+    leaf = mean.clone().requires_grad_(True)
+    dist.proba_distribution(leaf, log_std)
+    with th.no_grad():
+        actions = dist.sample()
+    assert dist.log_prob(actions).requires_grad
 
 
 def test_monte_carlo_entropy_agrees_with_the_closed_form():

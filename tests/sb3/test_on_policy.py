@@ -218,3 +218,14 @@ def test_rollout_log_std_is_reused_until_a_parameter_changes():
         scale = policy.get_distribution(obs).distribution.scale
     th.testing.assert_close(scale[0], fresh_log_std().exp(), rtol=0, atol=0)
     assert policy._state_independent_log_std().requires_grad
+
+
+def test_rollout_log_probs_are_those_the_update_computes_for_the_same_actions():
+    # PPO's ratio exp(log_prob - old_log_prob) starts at 1: the one-pass rollout log-prob must agree.
+    model = ERAPPO("MlpPolicy", ReachTargetEnv(), policy_kwargs=dict(net_arch=TINY_NET), seed=0)
+    obs = _states(model, 256)
+    with th.no_grad():
+        actions, _, rollout_log_prob = model.policy(obs)
+    _, update_log_prob, _ = model.policy.evaluate_actions(obs, actions)
+    assert th.isfinite(rollout_log_prob).all()
+    th.testing.assert_close(rollout_log_prob, update_log_prob.detach(), rtol=1e-5, atol=1e-4)
