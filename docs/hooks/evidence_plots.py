@@ -19,7 +19,5 @@ def on_files(files: Files, config: MkDocsConfig) -> Files:
     root = Path(config.config_file_path).parent
     for plot in sorted((root / RESULTS).glob("*/report/*.png")):
         protocol = plot.parent.parent.name
-        files.append(
-            File.generated(config, f"evidence/{protocol}/{plot.name}", abs_src_path=str(plot))
-        )
+        files.append(File.generated(config, f"evidence/{protocol}/{plot.name}", abs_src_path=str(plot)))
     return files
