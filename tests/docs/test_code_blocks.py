@@ -135,3 +135,32 @@ def test_bash_block(block: CodeBlock, tmp_path: Path) -> None:
     assert result.returncode == 0, (
         f"{block.id} exited with {result.returncode}:\n{result.stdout}\n{result.stderr}"
     )
+
+
+def test_a_bash_block_must_say_whether_it_runs(tmp_path: Path) -> None:
+    page = tmp_path / "page.md"
+    page.write_text('```bash\necho unmarked\n```\n\n```bash skip="too long"\necho marked\n```\n')
+    unmarked, marked = (CodeBlock(**{**vars(block), "path": ROOT / "page.md"}) for block in code_blocks(page))
+    assert (unmarked.line, marked.options) == (2, {"skip": "too long"})
+    with pytest.raises(pytest.fail.Exception, match="mark the bash block"):
+        check_options(unmarked)
+    check_options(marked)
+
+
+def test_unknown_options_and_empty_reasons_are_refused(tmp_path: Path) -> None:
+    page = tmp_path / "page.md"
+    page.write_text('```python skp="typo"\npass\n```\n\n```python skip=""\npass\n```\n')
+    typo, empty = (CodeBlock(**{**vars(block), "path": ROOT / "page.md"}) for block in code_blocks(page))
+    with pytest.raises(AssertionError, match="unknown code-block options"):
+        check_options(typo)
+    with pytest.raises(AssertionError, match="give the reason"):
+        check_options(empty)
+
+
+def test_docs_budget_caps_every_sb3_training(docs_budget: int) -> None:
+    from sb3_era import ERAPPO, ERASAC
+
+    sac = ERASAC("MlpPolicy", "Pendulum-v1", seed=0).learn(10_000)
+    assert sac.num_timesteps == docs_budget
+    ppo = ERAPPO("MlpPolicy", "Pendulum-v1", n_steps=64, batch_size=64, seed=0).learn(10_000)
+    assert ppo.num_timesteps == docs_budget
