@@ -42,7 +42,11 @@ def _log_normal_pdf(x: torch.Tensor) -> torch.Tensor:
 
 
 def ndtri_exp(log_p: torch.Tensor) -> torch.Tensor:
-    """Standard normal quantile of ``exp(log_p)``, finite for every ``log_p < 0`` (differentiable)."""
+    """Standard normal quantile of ``exp(log_p)``, finite for every ``log_p < 0`` (differentiable).
+
+    :param log_p: log-probabilities, ``< 0``.
+    :return: ``Phi^-1(exp(log_p))``, same shape.
+    """
     tiny_log = math.log(torch.finfo(log_p.dtype).tiny) + 1.0
     upper_half = log_p > -math.log(2.0)
     deep_tail = log_p < tiny_log
@@ -121,6 +125,8 @@ class TruncatedNormal(Distribution):
     :param scale: scale of the parent normal, ``> 0``.
     :param low: lower bound of the support.
     :param high: upper bound of the support, ``> low``.
+    :param validate_args: check the arguments, as for every ``torch.distributions.Distribution`` (``None``: the
+        global default).
 
     Half-precision parameters (bfloat16, float16) are computed in float32 and results are returned in
     the parameters' dtype, since PyTorch's ``log_ndtr`` has no half-precision kernels.
