@@ -226,9 +226,16 @@ class BatchGaussianERA(nn.Module):
         self.register_buffer("running_shift", torch.tensor(0.0))
 
     def entropy_floor(self) -> torch.Tensor:
+        """The target ``H0`` that the batch-mean Gaussian entropy is held at (not a per-state bound)."""
         return torch.tensor(self.target_entropy)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """Log-stds for pre-activations ``z``: shifted by the batch's shift in training (updating the running
+        shift), by the running shift in evaluation, then clamped to ``[log_std_min, log_std_max]``.
+
+        :param z: ``(..., D)`` pre-activations.
+        :return: ``(..., D)`` log-stds.
+        """
         if z.shape[-1] != self.action_dim:
             raise ValueError(
                 f"expected pre-activations of shape (..., {self.action_dim}), got {tuple(z.shape)}"

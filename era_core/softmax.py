@@ -350,6 +350,11 @@ class SoftmaxERA(nn.Module):
         self.log_keep, self.log_floor = (first, second) if self.mixture else (math.nan, math.nan)
 
     def forward(self, logits: torch.Tensor) -> torch.Tensor:
+        """Transformed logits whose softmax entropy is at least :attr:`min_entropy`.
+
+        :param logits: ``(..., C)`` logits.
+        :return: transformed logits, same shape and dtype.
+        """
         if self.mixture:
             return _checked_softmax_era_transform(
                 logits, self.num_classes, True, self.log_keep, self.log_floor, self.newton_steps

@@ -70,3 +70,23 @@ def test_every_public_name_is_in_the_api_reference(package: str) -> None:
         return  # the whole package, every name in __all__
     missing = [name for _, name in public_names(package) if f"::: {package}.{name}\n" not in page + "\n"]
     assert not missing, f"docs/reference/{package}.md does not render {missing}"
+
+
+CLASSES = [
+    (package, name)
+    for package, name in NAMES
+    if inspect.isclass(getattr(importlib.import_module(package), name))
+]
+
+
+@pytest.mark.parametrize(("package", "name"), CLASSES, ids=[f"{p}.{n}" for p, n in CLASSES])
+def test_public_methods_are_documented(package: str, name: str) -> None:
+    cls = getattr(importlib.import_module(package), name)
+    undocumented = []
+    for member_name, member in vars(cls).items():
+        if member_name.startswith("_") or member_name == "extra_repr":  # nn.Module's repr hook
+            continue
+        function = member.fget if isinstance(member, property) else getattr(member, "__func__", member)
+        if callable(function) and not (getattr(function, "__doc__", None) or "").strip():
+            undocumented.append(member_name)
+    assert not undocumented, f"{package}.{name}: public methods without a docstring: {undocumented}"
