@@ -12,19 +12,35 @@ LOG_2PI_E = math.log(2.0 * math.pi * math.e)
 
 
 def gaussian_entropy(log_std: torch.Tensor) -> torch.Tensor:
-    """Entropy (nats) of a diagonal Gaussian with the given log-stds, summed over the last dimension."""
+    """Entropy (nats) of a diagonal Gaussian with the given log-stds, summed over the last dimension.
+
+    :param log_std: ``(..., D)`` log standard deviations.
+    :return: ``(...)`` entropies ``sum(log_std) + D/2 (1 + ln 2 pi)``.
+    """
     return 0.5 * log_std.shape[-1] * LOG_2PI_E + log_std.sum(dim=-1)
 
 
 def max_feasible_target(action_dim: int, log_std_max: float) -> float:
-    """Largest unbounded-Gaussian target entropy ``Ht`` reachable with every log-std at ``log_std_max``."""
+    """Largest unbounded-Gaussian target entropy ``Ht`` reachable with every log-std at ``log_std_max``.
+
+    :param action_dim: number of action dimensions ``D``.
+    :param log_std_max: upper log-std bound.
+    :return: the entropy (nats) of a ``D``-dimensional Gaussian with every log-std at ``log_std_max``.
+    """
     return action_dim * log_std_max + 0.5 * action_dim * LOG_2PI_E
 
 
 def resolve_target_entropy(
     action_dim: int, target_entropy: float | None = None, target_entropy_per_dim: float | None = None
 ) -> float:
-    """Absolute target entropy from whichever form the user gave; ``-action_dim / 2`` when neither is given."""
+    """Absolute target entropy from whichever form the user gave; ``-action_dim / 2`` when neither is given.
+
+    :param action_dim: number of action dimensions ``D``.
+    :param target_entropy: absolute target (nats), or ``None``.
+    :param target_entropy_per_dim: target per action dimension (nats), or ``None``; giving both raises
+        ``ValueError``.
+    :return: the absolute target entropy.
+    """
     if target_entropy is not None and target_entropy_per_dim is not None:
         raise ValueError(
             f"give either target_entropy ({target_entropy}) or target_entropy_per_dim "
@@ -181,8 +197,12 @@ class BatchGaussianERA(nn.Module):
     running mean of that shift (like BatchNorm's statistics) is used in evaluation; the result is clamped
     to ``[log_std_min, log_std_max]``, so the floor is on average and approximate, not per state.
 
+    :param action_dim: number of action dimensions ``D``.
+    :param target_entropy: target entropy ``H0`` of the batch mean (absolute, nats).
+    :param target_entropy_per_dim: alternatively ``H0 / D``; default ``H0 = -D / 2``.
+    :param log_std_min: lower log-std bound (authors: -8).
+    :param log_std_max: upper log-std bound (authors: 0).
     :param momentum: weight of the newest batch in the running shift.
-    Other parameters as in :class:`GaussianERA`.
     """
 
     def __init__(
@@ -206,9 +226,16 @@ class BatchGaussianERA(nn.Module):
         self.register_buffer("running_shift", torch.tensor(0.0))
 
     def entropy_floor(self) -> torch.Tensor:
+        """The target ``H0`` that the batch-mean Gaussian entropy is held at (not a per-state bound)."""
         return torch.tensor(self.target_entropy)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """Log-stds for pre-activations ``z``: shifted by the batch's shift in training (updating the running
+        shift), by the running shift in evaluation, then clamped to ``[log_std_min, log_std_max]``.
+
+        :param z: ``(..., D)`` pre-activations.
+        :return: ``(..., D)`` log-stds.
+        """
         if z.shape[-1] != self.action_dim:
             raise ValueError(
                 f"expected pre-activations of shape (..., {self.action_dim}), got {tuple(z.shape)}"

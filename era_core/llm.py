@@ -6,8 +6,8 @@ import math
 
 import torch
 
-#: Log-prob given to a sampled token outside the top-k logits (spec 3.6; the authors' value).
 OUTSIDE_TOPK_LOGPROB = -1e4
+"""Log-prob given to a sampled token outside the top-k logits (spec 3.6; the authors' value)."""
 
 
 def _check_top_fraction(top_fraction: float) -> None:
@@ -59,7 +59,14 @@ def response_logit_factors(
     eligible response with ``H_resp < lb``; ``c_r = 1/k`` (flatten) for one with ``H_resp > ub``; otherwise 1
     (also for empty responses).
 
+    :param token_entropy: ``(B, T)`` per-token entropies of the current policy (after temperature).
+    :param response_mask: ``(B, T)`` mask (bool or 0/1) of the response tokens.
     :param advantages: ``(B,)`` advantages, or ``(B, T)`` per-token ones (the first response token is read).
+    :param lb: sharpen eligible responses with ``H_resp < lb``.
+    :param ub: flatten eligible responses with ``H_resp > ub``.
+    :param k: logit factor (``> 1``).
+    :param top_fraction: share of a response's highest-entropy tokens averaged into ``H_resp``.
+    :param adv_threshold: eligible when ``A_r > 0`` and ``A_r >= adv_threshold`` (``>= 0``).
     :return: ``(B,)`` float32 factors.
     """
     h_resp = top_entropy_mean(token_entropy, response_mask, top_fraction)
@@ -81,9 +88,15 @@ def logit_factors_from_response_entropy(
 
     :param h_resp: ``(B,)`` response entropies from :func:`top_entropy_mean`.
     :param non_empty: ``(B,)`` bool, responses with at least one token (the others get factor 1).
+    :param advantages: ``(B,)`` advantages, or ``(B, T)`` per-token ones (the first response token is read).
+    :param lb: sharpen eligible responses with ``H_resp < lb``.
+    :param ub: flatten eligible responses with ``H_resp > ub``.
+    :param k: logit factor (``> 1``).
+    :param adv_threshold: eligible when ``A_r > 0`` and ``A_r >= adv_threshold``.
     :param vocab_size: when given, ``h_resp`` is first clamped to ``[0, log(vocab_size)]``, the range of an
         entropy over that many tokens, so that a rounding error cannot give a factor that
         :func:`attainable_logit_factors` ruled out.
+    :return: ``(B,)`` float32 factors.
     """
     check_response_era_args(lb, ub, k)
     if vocab_size is not None:
@@ -126,6 +139,7 @@ def rescalable_responses(
 
     :param advantages: ``(B,)`` advantages, or ``(B, T)`` per-token ones (the first response token is read).
     :param non_empty: ``(B,)`` bool, responses with at least one token.
+    :param adv_threshold: eligible when ``A_r > 0`` and ``A_r >= adv_threshold``.
     """
     check_adv_threshold(adv_threshold)
     if advantages.dim() == 2:
@@ -142,13 +156,22 @@ def response_factor_values(k: float) -> tuple[float, float]:
     """The sharpening and flattening factors ``(k, 1/k)`` exactly as the float32 factors hold them.
 
     Adapters that compare factors with these values, or scale logits by them, use this one definition.
+
+    :param k: logit factor (``> 1``).
+    :return: ``(k, 1/k)`` rounded to float32.
     """
     sharpen = torch.tensor(k, dtype=torch.float32)
     return sharpen.item(), (1.0 / sharpen).item()
 
 
 def check_response_era_args(lb: float, ub: float, k: float, top_fraction: float = 0.2) -> None:
-    """Raise ``ValueError`` unless ``0 <= lb < ub``, ``k > 1`` and ``0 < top_fraction <= 1``."""
+    """Raise ``ValueError`` unless ``0 <= lb < ub``, ``k > 1`` and ``0 < top_fraction <= 1``.
+
+    :param lb: lower response-entropy bound (sharpen below it).
+    :param ub: upper response-entropy bound (flatten above it).
+    :param k: logit factor.
+    :param top_fraction: share of a response's highest-entropy tokens averaged into ``H_resp``.
+    """
     if not (math.isfinite(lb) and math.isfinite(ub) and 0.0 <= lb < ub):
         raise ValueError(f"need 0 <= lb < ub (finite), got lb={lb}, ub={ub}")
     if not (math.isfinite(k) and k > 1.0):
@@ -159,6 +182,7 @@ def check_response_era_args(lb: float, ub: float, k: float, top_fraction: float 
 def check_adv_threshold(adv_threshold: float, name: str = "adv_threshold") -> None:
     """Raise ``ValueError`` unless ``adv_threshold`` is a finite number ``>= 0`` (see :func:`response_logit_factors`).
 
+    :param adv_threshold: the advantage threshold to check.
     :param name: the argument's name in the error message.
     """
     if not (math.isfinite(adv_threshold) and adv_threshold >= 0.0):
@@ -169,13 +193,22 @@ def check_adv_threshold(adv_threshold: float, name: str = "adv_threshold") -> No
 
 
 def scaled_advantages(advantages: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
-    """Spec 3.5: ``A / k`` for sharpened and ``A * k`` for flattened responses, i.e. ``A / c_r``."""
+    """Spec 3.5: ``A / k`` for sharpened and ``A * k`` for flattened responses, i.e. ``A / c_r``.
+
+    :param advantages: ``(B,)`` or ``(B, T)`` advantages.
+    :param factors: ``(B,)`` factors ``c_r`` from :func:`response_logit_factors`.
+    :return: the advantages divided by their response's factor, in the advantages' dtype.
+    """
     view = factors.view(factors.shape + (1,) * (advantages.dim() - factors.dim()))
     return advantages / view.to(advantages.dtype)
 
 
 def categorical_entropy(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy (nats) of ``softmax(logits)`` over the last dimension, computed in float32."""
+    """Entropy (nats) of ``softmax(logits)`` over the last dimension, computed in float32.
+
+    :param logits: ``(..., V)`` logits.
+    :return: ``(...)`` float32 entropies.
+    """
     logp = torch.log_softmax(logits.float(), dim=-1)
     return -(logp.exp() * logp).sum(dim=-1)
 
@@ -188,7 +221,10 @@ def scaled_token_logprobs(
     With ``topk`` the distribution is renormalised over the ``topk`` largest logits and a token outside
     them gets log-prob ``-1e4``. Reference form (it holds a scaled copy of the logits); adapters chunk it.
 
-    :param logits: ``(B, T, V)``; :param tokens: ``(B, T)``; :param factors: ``(B,)``.
+    :param logits: ``(B, T, V)`` logits (already divided by the temperature).
+    :param tokens: ``(B, T)`` sampled token ids.
+    :param factors: ``(B,)`` factors ``c_r`` from :func:`response_logit_factors`.
+    :param topk: renormalise over the ``topk`` largest scaled logits; ``None`` (default): the whole vocabulary.
     :return: ``(B, T)`` log-probs in float32 (float64 for float64 logits).
     """
     dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32

@@ -39,6 +39,11 @@ def softmax_era_feasible_range(
     ``"paper"``: ``(1 + ln(ln(tau)/tau), 1 + ln(C ln(tau)/tau)]`` (low exclusive: there the smallest share is 0;
     high inclusive: the uniform distribution). ``"mixture"`` and ``"calibrated"``: ``(0, ln C)``, both ends
     exclusive (a floor of ``ln C`` would make the output the constant uniform distribution).
+
+    :param num_classes: number of classes ``C``.
+    :param tau: share cap parameter of the paper's map (authors: 4).
+    :param construction: ``"paper"``, ``"mixture"`` or ``"calibrated"``.
+    :return: ``(low, high)``.
     """
     if construction == "paper":
         upper = math.log(tau) / tau
@@ -53,7 +58,14 @@ def check_softmax_era_args(
     construction: Construction = "paper",
     inverse: Inverse = DEFAULT_INVERSE,
 ) -> None:
-    """Raise ``ValueError`` for a class count, floor, ``tau``, ``inverse`` or construction that cannot be honoured."""
+    """Raise ``ValueError`` for a class count, floor, ``tau``, ``inverse`` or construction that cannot be honoured.
+
+    :param num_classes: number of classes ``C``.
+    :param min_entropy: entropy floor in nats.
+    :param tau: share cap parameter of the paper's map (authors: 4).
+    :param construction: ``"paper"``, ``"mixture"`` or ``"calibrated"`` (see :class:`SoftmaxERA`).
+    :param inverse: ``"approx"`` (the paper's closed form) or ``"newton"`` (exact inverse).
+    """
     if construction not in CONSTRUCTIONS:
         raise ValueError(f"construction must be one of {CONSTRUCTIONS}, got {construction!r}")
     if inverse not in INVERSES:
@@ -220,6 +232,10 @@ def softmax_era_logits(
     in a training loop.
 
     :param logits: shape ``(..., C)``.
+    :param min_entropy: entropy floor in nats.
+    :param tau: share cap parameter of the paper's map (authors: 4).
+    :param inverse: ``"approx"`` (the paper's closed form) or ``"newton"`` (exact inverse).
+    :param construction: ``"paper"``, ``"mixture"`` or ``"calibrated"`` (see :class:`SoftmaxERA`).
     :return: transformed logits, same shape and dtype.
     """
     return SoftmaxERA(logits.shape[-1], min_entropy, tau, inverse, construction)(logits)
@@ -240,6 +256,13 @@ def smallest_entropy(
     ``S <= T``; ``S`` is a sum of the convex increasing ``f^-1`` of an affine map of ``softmax(x)``, so convex on the
     simplex and largest at a vertex. With the paper's closed-form inverse (``"approx"``) the vertex is the minimum
     found by an adversarial search (``benchmarks/softmax_constructions.py``, margins in its JSON).
+
+    :param num_classes: number of classes ``C``.
+    :param min_entropy: entropy floor in nats.
+    :param tau: share cap parameter of the paper's map (authors: 4).
+    :param inverse: ``"approx"`` (the paper's closed form) or ``"newton"`` (exact inverse).
+    :param construction: ``"paper"``, ``"mixture"`` or ``"calibrated"`` (see :class:`SoftmaxERA`).
+    :return: the smallest output entropy (nats).
     """
     return _entropy_of_two_levels(
         num_classes, *_one_hot_logits(num_classes, min_entropy, tau, inverse, construction)
@@ -258,6 +281,13 @@ def max_probability(
     It is reached at a one-hot ``softmax(x)`` in every construction: the output probability of class ``i`` grows with
     its own share and falls with every other share, and each share is an increasing function of ``softmax(x)_i``.
     Mixture: ``1 - eps + eps / C``.
+
+    :param num_classes: number of classes ``C``.
+    :param min_entropy: entropy floor in nats.
+    :param tau: share cap parameter of the paper's map (authors: 4).
+    :param inverse: ``"approx"`` (the paper's closed form) or ``"newton"`` (exact inverse).
+    :param construction: ``"paper"``, ``"mixture"`` or ``"calibrated"`` (see :class:`SoftmaxERA`).
+    :return: the largest class probability.
     """
     top, rest = _one_hot_logits(num_classes, min_entropy, tau, inverse, construction)
     return 1.0 / (1.0 + (num_classes - 1) * math.exp(rest - top))
@@ -320,6 +350,11 @@ class SoftmaxERA(nn.Module):
         self.log_keep, self.log_floor = (first, second) if self.mixture else (math.nan, math.nan)
 
     def forward(self, logits: torch.Tensor) -> torch.Tensor:
+        """Transformed logits whose softmax entropy is at least :attr:`min_entropy`.
+
+        :param logits: ``(..., C)`` logits.
+        :return: transformed logits, same shape and dtype.
+        """
         if self.mixture:
             return _checked_softmax_era_transform(
                 logits, self.num_classes, True, self.log_keep, self.log_floor, self.newton_steps

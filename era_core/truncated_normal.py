@@ -57,7 +57,11 @@ def _deep_tail_quantile(log_p: torch.Tensor, deep_tail: torch.Tensor, tiny_log: 
 
 
 def ndtri_exp(log_p: torch.Tensor) -> torch.Tensor:
-    """Standard normal quantile of ``exp(log_p)``, finite for every ``log_p < 0`` (differentiable)."""
+    """Standard normal quantile of ``exp(log_p)``, finite for every ``log_p < 0`` (differentiable).
+
+    :param log_p: log-probabilities, ``< 0``.
+    :return: ``Phi^-1(exp(log_p))``, same shape.
+    """
     tiny_log = math.log(torch.finfo(log_p.dtype).tiny) + 1.0
     upper_half = log_p > -math.log(2.0)
     deep_tail = log_p < tiny_log
@@ -203,6 +207,8 @@ class TruncatedNormal(Distribution):
     :param scale: scale of the parent normal, ``> 0``.
     :param low: lower bound of the support.
     :param high: upper bound of the support, ``> low``.
+    :param validate_args: check the arguments, as for every ``torch.distributions.Distribution`` (``None``: the
+        global default).
 
     Half-precision parameters (bfloat16, float16) are computed in float32 and results are returned in
     the parameters' dtype, since PyTorch's ``log_ndtr`` has no half-precision kernels.
@@ -260,9 +266,15 @@ class TruncatedNormal(Distribution):
 
     @constraints.dependent_property(is_discrete=False, event_dim=0)
     def support(self) -> constraints.Constraint:
+        """The interval ``[low, high]``."""
         return constraints.interval(self.low, self.high)
 
     def expand(self, batch_shape: torch.Size, _instance: TruncatedNormal | None = None) -> TruncatedNormal:
+        """A view of this distribution with a larger batch shape (as ``torch.distributions.Distribution.expand``).
+
+        :param batch_shape: the new batch shape.
+        :param _instance: an instance of a subclass to fill (PyTorch's protocol for subclasses).
+        """
         new = self._get_checked_instance(TruncatedNormal, _instance)
         batch_shape = torch.Size(batch_shape)
         for name in ("loc", "scale", "low", "high", "_alpha", "_beta"):
@@ -276,16 +288,19 @@ class TruncatedNormal(Distribution):
 
     @property
     def mode(self) -> torch.Tensor:
+        """``loc`` clamped to ``[low, high]``."""
         return self.loc.clamp(self.low, self.high).to(self._out_dtype)
 
     @property
     def mean(self) -> torch.Tensor:
+        """``loc + scale (phi(alpha) - phi(beta)) / Z``."""
         _, pa, pb = self._truncation
         mean = self.loc + self.scale * (pa - pb)
         return mean.to(self._out_dtype)
 
     @property
     def variance(self) -> torch.Tensor:
+        """``scale^2 (1 + (alpha phi(alpha) - beta phi(beta)) / Z - ((phi(alpha) - phi(beta)) / Z)^2)``."""
         _, pa, pb = self._truncation
         variance = self.scale.pow(2) * (1.0 + self._alpha * pa - self._beta * pb - (pa - pb).pow(2))
         return variance.to(self._out_dtype)
@@ -298,6 +313,10 @@ class TruncatedNormal(Distribution):
         return entropy.to(self._out_dtype)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        """Log-density at ``value``: the parent normal's minus ``log Z`` inside ``[low, high]``, ``-inf`` outside.
+
+        :param value: points, broadcast against the batch shape.
+        """
         if self._validate_args:
             self._validate_sample(value)
         value = value.to(self.loc.dtype)
@@ -307,6 +326,10 @@ class TruncatedNormal(Distribution):
         return torch.where(inside, log_p, torch.full_like(log_p, -math.inf)).to(self._out_dtype)
 
     def cdf(self, value: torch.Tensor) -> torch.Tensor:
+        """``(Phi(xi) - Phi(alpha)) / Z`` with ``xi`` clamped to the support (0 below it, 1 above).
+
+        :param value: points, broadcast against the batch shape.
+        """
         xi = ((value.to(self.loc.dtype) - self.loc) / self.scale).clamp(min=self._alpha, max=self._beta)
         return torch.exp(log_ndtr_diff(xi, self._alpha) - self._log_z).clamp(0.0, 1.0).to(self._out_dtype)
 

@@ -137,6 +137,11 @@ _OFF_POLICY_DOC = """
     ``policy_kwargs``, and take precedence over the same knob there (so rl-zoo3's ``-params`` overrides a
     hyper-parameter file; see :class:`sb3_era.{policy}` for their meaning):
 
+    :param policy: The policy model to use (``"MlpPolicy"``, ``"CnnPolicy"``, ``"MultiInputPolicy"``: the ERA
+        policies) or a policy class
+    :param env: The environment to learn from (if registered in Gym, can be str)
+    :param policy_kwargs: Additional arguments passed to the policy on creation; the ERA knobs given here are
+        overridden by the same knobs given at the top level
     :param target_entropy_per_dim: Target entropy per action dimension (default ``-1/2``)
     :param log_std_min: Lower log-std bound (default -8)
     :param log_std_max: Upper log-std bound (default 0)
@@ -249,6 +254,11 @@ _ON_POLICY_DOC = """
     hyper-parameter file; see :class:`sb3_era.ERAActorCriticPolicy` for their meaning). Like SB3's PPO and
     A2C, warns when the MLP policy is put on a GPU (it runs faster on the CPU):
 
+    :param policy: The policy model to use (``"MlpPolicy"``, ``"CnnPolicy"``, ``"MultiInputPolicy"``: the ERA
+        policies) or a policy class
+    :param env: The environment to learn from (if registered in Gym, can be str)
+    :param policy_kwargs: Additional arguments passed to the policy on creation; the ERA knobs given here are
+        overridden by the same knobs given at the top level
     :param target_entropy: Absolute target entropy ``H0`` (continuous actions)
     :param target_entropy_per_dim: Target entropy per action dimension (default ``-1/2``)
     :param log_std_min: Lower log-std bound (default -8)

@@ -86,6 +86,10 @@ class TruncatedNormalDistribution(DiagGaussianDistribution):
         return self.center + self.half_range * unit
 
     def log_prob(self, actions: th.Tensor) -> th.Tensor:
+        """Log-likelihood of ``actions`` in the environment's action space, summed over action dimensions.
+
+        :param actions: actions within the action space's bounds.
+        """
         sampled = self._sampled
         if (
             sampled is not None
@@ -98,6 +102,7 @@ class TruncatedNormalDistribution(DiagGaussianDistribution):
         return log_prob - self.log_scale_correction
 
     def entropy(self) -> th.Tensor:
+        """Exact entropy in the environment's action space, summed over action dimensions."""
         return sum_independent_dims(self.distribution.entropy()) + self.log_scale_correction
 
     def sample(self) -> th.Tensor:
@@ -116,4 +121,5 @@ class TruncatedNormalDistribution(DiagGaussianDistribution):
         return actions
 
     def mode(self) -> th.Tensor:
+        """The most likely action (``tanh(mean_actions)`` mapped to the action space)."""
         return self._from_unit_box(self.distribution.mode)

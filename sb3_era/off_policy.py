@@ -22,7 +22,7 @@ from stable_baselines3.sac.policies import Actor as SACActor
 from stable_baselines3.sac.policies import SACPolicy
 
 from era_core import BatchGaussianERA, GaussianERA
-from sb3_era.critics import CRITIC_OPTIONS_DOC, CriticOptionsMixin
+from sb3_era.critics import CriticOptionsMixin
 from sb3_era.distributions import TruncatedNormalDistribution
 from sb3_era.policies import (
     FLOORS,
@@ -35,14 +35,7 @@ from sb3_era.policies import (
     distribution_entropy_stats,
 )
 
-
-class ERAActorMixin:
-    """
-    Turns an SB3 squashed-Gaussian actor into an ERA actor. Mixed in front of SAC's or CrossQ's ``Actor``.
-
-    The host actor's ``log_std`` linear head supplies the pre-activations ``z``; ERA maps them to log-stds
-    whose Gaussian entropy is at least the floor for every state.
-
+_ACTOR_PARAMS_DOC = """
     :param target_entropy: Target entropy ``H0`` of the final bounded policy (absolute, nats).
     :param target_entropy_per_dim: Alternatively ``H0 / D``. Default (neither given): ``H0 = -D / 2``.
     :param log_std_min: Lower log-std bound ``lmin``.
@@ -55,7 +48,15 @@ class ERAActorMixin:
     :param floor_momentum: Weight of the newest batch in the running shift of the batch floor.
     :param args: Positional arguments of the host actor.
     :param kwargs: Keyword arguments of the host actor.
-    """
+"""
+
+
+class ERAActorMixin:
+    __doc__ = (
+        "\n    Turns an SB3 squashed-Gaussian actor into an ERA actor. Mixed in front of SAC's or CrossQ's ``Actor``.\n"
+        "\n    The host actor's ``log_std`` linear head supplies the pre-activations ``z``; ERA maps them to log-stds\n"
+        "    whose Gaussian entropy is at least the floor for every state.\n" + _ACTOR_PARAMS_DOC
+    )
 
     action_space: spaces.Box
     era: GaussianERA | BatchGaussianERA
@@ -173,11 +174,17 @@ class ERAActorMixin:
 
 
 class ERAActor(ERAActorMixin, SACActor):
-    """ERA actor for SAC and TQC: SB3's SAC ``Actor`` with the ERA log-std activation (see :class:`ERAActorMixin`)."""
+    __doc__ = (
+        "\n    ERA actor for SAC and TQC: SB3's SAC ``Actor`` with the ERA log-std activation.\n"
+        + _ACTOR_PARAMS_DOC
+    )
 
 
 class ERACrossQActor(ERAActorMixin, CrossQActor):
-    """ERA actor for CrossQ: sb3-contrib's CrossQ ``Actor`` (BatchRenorm layers) with the ERA log-std activation."""
+    __doc__ = (
+        "\n    ERA actor for CrossQ: sb3-contrib's CrossQ ``Actor`` (BatchRenorm layers) with the ERA log-std activation.\n"
+        + _ACTOR_PARAMS_DOC
+    )
 
 
 class ERAOffPolicyMixin:
@@ -268,18 +275,29 @@ _POLICY_PARAMS_DOC = """
 """
 
 
+_CRITIC_OPTIONS_IN_KWARGS = """
+    The critic options (``critic_layer_norm``, ``critic_activation_fn``, ``critic_optimizer_class``,
+    ``critic_optimizer_kwargs``; all off by default) pass through ``kwargs``, as documented in
+    :class:`sb3_era.{baseline}`.
+"""
+
+
 class ERASACPolicy(ERAOffPolicyMixin, CriticOptionsMixin, SACPolicy):
     __doc__ = (
         "\n    SAC policy whose actor keeps its Gaussian entropy above a floor by construction (ERA, spec 1.2).\n"
         "    Use with ``ent_coef=0.0`` (the default of :class:`sb3_era.ERASAC`).\n"
+        + _CRITIC_OPTIONS_IN_KWARGS.format(baseline="CriticOptionsSACPolicy")
         + _POLICY_PARAMS_DOC.format(host="see ``stable_baselines3.sac.policies.SACPolicy``")
-        + CRITIC_OPTIONS_DOC
     )
     actor_class = ERAActor
 
 
 class ERASACCnnPolicy(ERASACPolicy):
-    __doc__ = "\n    :class:`ERASACPolicy` with SB3's ``NatureCNN`` features extractor by default.\n"
+    __doc__ = (
+        "\n    :class:`ERASACPolicy` with SB3's ``NatureCNN`` features extractor by default.\n\n"
+        "    :param features_extractor_class: Features extractor (default: SB3's ``NatureCNN``); every other\n"
+        "        parameter as in :class:`ERASACPolicy`.\n"
+    )
 
     def __init__(
         self, *args: Any, features_extractor_class: type[BaseFeaturesExtractor] = NatureCNN, **kwargs: Any
@@ -288,7 +306,11 @@ class ERASACCnnPolicy(ERASACPolicy):
 
 
 class ERASACMultiInputPolicy(ERASACPolicy):
-    __doc__ = "\n    :class:`ERASACPolicy` for dict observations (SB3's ``CombinedExtractor`` by default).\n"
+    __doc__ = (
+        "\n    :class:`ERASACPolicy` for dict observations (SB3's ``CombinedExtractor`` by default).\n\n"
+        "    :param features_extractor_class: Features extractor (default: SB3's ``CombinedExtractor``); every\n"
+        "        other parameter as in :class:`ERASACPolicy`.\n"
+    )
 
     def __init__(
         self,
@@ -302,14 +324,18 @@ class ERASACMultiInputPolicy(ERASACPolicy):
 class ERATQCPolicy(ERAOffPolicyMixin, CriticOptionsMixin, TQCPolicy):
     __doc__ = (
         "\n    TQC policy (sb3-contrib) with the ERA actor; use with ``ent_coef=0.0``.\n"
+        + _CRITIC_OPTIONS_IN_KWARGS.format(baseline="CriticOptionsTQCPolicy")
         + _POLICY_PARAMS_DOC.format(host="see ``sb3_contrib.tqc.policies.TQCPolicy``, e.g. ``n_quantiles``")
-        + CRITIC_OPTIONS_DOC
     )
     actor_class = ERAActor
 
 
 class ERATQCCnnPolicy(ERATQCPolicy):
-    __doc__ = "\n    :class:`ERATQCPolicy` with SB3's ``NatureCNN`` features extractor by default.\n"
+    __doc__ = (
+        "\n    :class:`ERATQCPolicy` with SB3's ``NatureCNN`` features extractor by default.\n\n"
+        "    :param features_extractor_class: Features extractor (default: SB3's ``NatureCNN``); every other\n"
+        "        parameter as in :class:`ERATQCPolicy`.\n"
+    )
 
     def __init__(
         self, *args: Any, features_extractor_class: type[BaseFeaturesExtractor] = NatureCNN, **kwargs: Any
@@ -318,7 +344,11 @@ class ERATQCCnnPolicy(ERATQCPolicy):
 
 
 class ERATQCMultiInputPolicy(ERATQCPolicy):
-    __doc__ = "\n    :class:`ERATQCPolicy` for dict observations (SB3's ``CombinedExtractor`` by default).\n"
+    __doc__ = (
+        "\n    :class:`ERATQCPolicy` for dict observations (SB3's ``CombinedExtractor`` by default).\n\n"
+        "    :param features_extractor_class: Features extractor (default: SB3's ``CombinedExtractor``); every\n"
+        "        other parameter as in :class:`ERATQCPolicy`.\n"
+    )
 
     def __init__(
         self,

@@ -291,7 +291,11 @@ class ERAActorCriticPolicy(ERAActorCriticMixin, ActorCriticPolicy):
 
 
 class ERAActorCriticCnnPolicy(ERAActorCriticPolicy):
-    __doc__ = "\n    :class:`ERAActorCriticPolicy` with SB3's ``NatureCNN`` features extractor by default.\n"
+    __doc__ = (
+        "\n    :class:`ERAActorCriticPolicy` with SB3's ``NatureCNN`` features extractor by default.\n\n"
+        "    :param features_extractor_class: Features extractor (default: SB3's ``NatureCNN``); every other\n"
+        "        parameter as in :class:`ERAActorCriticPolicy`.\n"
+    )
 
     def __init__(
         self, *args: Any, features_extractor_class: type[BaseFeaturesExtractor] = NatureCNN, **kwargs: Any
@@ -300,7 +304,11 @@ class ERAActorCriticCnnPolicy(ERAActorCriticPolicy):
 
 
 class ERAMultiInputActorCriticPolicy(ERAActorCriticPolicy):
-    __doc__ = "\n    :class:`ERAActorCriticPolicy` for dict observations (SB3's ``CombinedExtractor`` by default).\n"
+    __doc__ = (
+        "\n    :class:`ERAActorCriticPolicy` for dict observations (SB3's ``CombinedExtractor`` by default).\n\n"
+        "    :param features_extractor_class: Features extractor (default: SB3's ``CombinedExtractor``); every\n"
+        "        other parameter as in :class:`ERAActorCriticPolicy`.\n"
+    )
 
     def __init__(
         self,

@@ -36,8 +36,11 @@ __all__ = [
 ]
 
 DEFAULT_ERA_TAU = 4.0
+"""Default ``era_tau``: the authors' share cap parameter."""
 DEFAULT_ERA_INVERSE: Inverse = "approx"
+"""Default ``era_inverse``: the paper's closed-form inverse of the share map."""
 DEFAULT_ERA_CONSTRUCTION: Construction = "paper"
+"""Default ``era_construction``: the authors' map (a loose floor; ``"mixture"``/``"calibrated"`` are tight)."""
 ERA_SUFFIX = "_era"
 _ERA_ARGS = (
     "min_entropy",
@@ -57,6 +60,8 @@ def default_min_entropy(num_classes: int) -> float:
 
     It reproduces the authors' settings (0.6 for 10 classes, 1.2 for 1000) and interpolates log-linearly between
     and beyond them (0.39 for 2 classes, 0.9 for 100, 1.6 for 21841); it is feasible for every ``C >= 2``.
+
+    :param num_classes: number of classes ``C``.
     """
     return _DEFAULT_FLOOR_AT_ONE_CLASS + _DEFAULT_FLOOR_PER_DECADE * math.log10(num_classes)
 
@@ -98,7 +103,15 @@ def build_era_head(
     inverse: Inverse = DEFAULT_ERA_INVERSE,
     construction: Construction = DEFAULT_ERA_CONSTRUCTION,
 ) -> nn.Module:
-    """``SoftmaxERA`` for a classifier with ``num_classes`` outputs, or ``nn.Identity`` when ``num_classes == 0``."""
+    """``SoftmaxERA`` for a classifier with ``num_classes`` outputs, or ``nn.Identity`` when ``num_classes == 0``.
+
+    :param num_classes: classifier outputs; ``0`` (timm's "no classifier, return features") gives ``nn.Identity``.
+    :param min_entropy: floor in nats, or ``None`` for :func:`default_min_entropy`.
+    :param tau: ERA's share cap parameter (authors: 4).
+    :param inverse: ``"approx"`` (the paper's closed form) or ``"newton"`` (exact inverse of the share map).
+    :param construction: ``"paper"``, ``"mixture"`` or ``"calibrated"`` (see :class:`era_core.SoftmaxERA`).
+    :raises ValueError: as :func:`resolve_min_entropy`.
+    """
     if inverse not in INVERSES:
         raise ValueError(f"era_inverse must be one of {INVERSES}, got {inverse!r}")
     if construction not in CONSTRUCTIONS:
@@ -146,7 +159,11 @@ _ERA_CLASSES: dict[type, type] = {}
 
 
 def era_class(plain_class: type[nn.Module]) -> type[nn.Module]:
-    """The ERA subclass of a timm model class (created once per class, then cached)."""
+    """The ERA subclass of a timm model class (created once per class, then cached).
+
+    :param plain_class: a timm model class (``ResNet``, ``VisionTransformer``, ...).
+    :return: its subclass ``<Class>ERA``, whose ``forward_head`` ends in the ERA head.
+    """
     if issubclass(plain_class, ERAClassifierMixin):
         return plain_class
     if plain_class not in _ERA_CLASSES:
@@ -184,7 +201,10 @@ def _new_era_instance(plain_class: type[nn.Module]) -> nn.Module:
 
 
 def has_era(model: nn.Module) -> bool:
-    """Whether ``model`` carries an ERA head (built as ``<arch>_era`` or through :func:`apply_era`)."""
+    """Whether ``model`` carries an ERA head (built as ``<arch>_era`` or through :func:`apply_era`).
+
+    :param model: any ``nn.Module``.
+    """
     return isinstance(model, ERAClassifierMixin)
 
 
@@ -231,7 +251,10 @@ def apply_era(
 
 
 def remove_era(model: nn.Module) -> nn.Module:
-    """Undo :func:`apply_era` in place and return the plain timm model (the logits are the classifier's again)."""
+    """Undo :func:`apply_era` in place and return the plain timm model (the logits are the classifier's again).
+
+    :param model: a model with an ERA head (``<arch>_era`` or from :func:`apply_era`).
+    """
     if not has_era(model):
         raise ValueError(f"{type(model).__name__} has no ERA head to remove")
     plain_class = model._plain_class

@@ -36,13 +36,19 @@ ERA_MODULE = era_models.__name__.rsplit(".", 1)[-1]  # timm's module name for th
 
 
 def era_model_name(model_name: str) -> str:
-    """``"resnet50.a1_in1k"`` -> ``"resnet50_era.a1_in1k"`` (the tag, if any, is kept)."""
+    """``"resnet50.a1_in1k"`` -> ``"resnet50_era.a1_in1k"`` (the tag, if any, is kept).
+
+    :param model_name: a plain timm model name, with or without a pretrained tag.
+    """
     arch, tag = split_model_name_tag(model_name)
     return f"{arch}{ERA_SUFFIX}.{tag}" if tag else f"{arch}{ERA_SUFFIX}"
 
 
 def plain_model_name(model_name: str) -> str:
-    """``"resnet50_era.a1_in1k"`` -> ``"resnet50.a1_in1k"``; a name without the suffix is returned unchanged."""
+    """``"resnet50_era.a1_in1k"`` -> ``"resnet50.a1_in1k"``; a name without the suffix is returned unchanged.
+
+    :param model_name: an ERA (or plain) timm model name, with or without a pretrained tag.
+    """
     arch, tag = split_model_name_tag(model_name)
     if arch.endswith(ERA_SUFFIX):
         arch = arch[: -len(ERA_SUFFIX)]

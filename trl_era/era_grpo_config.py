@@ -27,8 +27,6 @@ class ERAGRPOConfig(GRPOConfig):
     are rejected.
 
     Parameters:
-        > Parameters that control ERA
-
         era_lb (`float`, *optional*, defaults to `0.45`):
             Lower entropy bound (nats). Positive-advantage responses whose entropy `H_r` is below it are sharpened
             (`c_r = era_k`), which raises the policy's entropy. Choose it below the model's initial entropy.
