@@ -35,9 +35,12 @@ ENV_ID = "Pendulum-v1"
 EVAL_EPISODE_SEEDS = tuple(range(10_000, 10_005))
 ALGORITHMS = ("sac_era", "ppo_era")
 TEST_SEED = 0
-# Deterministic-policy mean return that a trained policy must beat (chosen from the seeds measured by this
-# script: every seed clears it by a wide margin, random and untrained policies stay far below it).
-THRESHOLDS = {"sac_era": -600.0, "ppo_era": -700.0}
+# Deterministic-policy mean return that a trained policy must beat, about half-way between the worst seed
+# that learnt and the best policy that did not (seeds 0-9 measured by this script, README "Learning check"):
+# SAC-ERA: every seed reaches -209 or better, untrained policies -1047 or worse, random actions -1100.
+# PPO-ERA: 9 of 10 seeds reach -831 or better (seed 7 did not learn within the budget: -1164), untrained
+# policies -1023 or worse. The test's seed 0 clears them by far (-125 and -306).
+THRESHOLDS = {"sac_era": -600.0, "ppo_era": -925.0}
 # rl-zoo3's tuned Pendulum settings (hyperparams/sac_era.yml, ppo_era.yml) with 64x64 networks and CI-sized
 # budgets; PPO-ERA with shorter rollouts, full-rollout minibatches and a larger learning rate, which learn
 # within the budget (rl-zoo3's settings need about 1e5 steps without gSDE, which ERA policies refuse).

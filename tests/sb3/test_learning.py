@@ -5,8 +5,10 @@ The settings, seed, evaluation episodes and thresholds live in ``benchmarks/pend
 
     PYTHONPATH=. python benchmarks/pendulum_learning_check.py --seeds 0 1 2 3 4 5 6 7 8 9
 
-A policy that learnt nothing fails: the random policy and every seed's untrained policy (what cut gradients
-leave) score far below the thresholds on the same episodes, which the first test checks.
+Measured: SAC-ERA's ten seeds score -99 to -209 (threshold -600), PPO-ERA's nine of ten -306 to -831
+(threshold -925; seed 7 did not learn within the budget, -1164); the test's seed 0 scores -125 and -306. A
+policy that learnt nothing fails: random actions score -1100 and the ten untrained policies (what cut
+gradients leave) -1023 to -1373 on the same episodes; the first test checks seed 0's.
 """
 
 from __future__ import annotations
