@@ -163,3 +163,15 @@ def test_batch_floor_module_in_float64_updates_its_running_shift() -> None:
     needed = -1.0 - 0.5 * 2 * LOG_2PI_E
     assert era.running_shift.dtype == torch.float64
     assert era.running_shift.item() == pytest.approx(needed / 2)
+
+
+@pytest.mark.parametrize("drawn", [0.0, 1.0 - F32_EPS / 2], ids=["zero", "largest-below-one"])
+def test_rsample_keeps_its_uniform_draw_inside_eps_and_one_minus_eps(drawn, monkeypatch) -> None:
+    # torch.rand draws from [0, 1): its extreme values are moved to eps and 1 - eps, as the docstring says.
+    dist = TruncatedNormal(torch.tensor([0.3]), torch.tensor([0.8]))
+    monkeypatch.setattr(torch, "rand", lambda shape, **kwargs: torch.full(shape, drawn, **kwargs))
+    sample = dist.rsample()
+    monkeypatch.undo()
+    expected = dist.icdf(torch.tensor([min(max(drawn, F32_EPS), 1.0 - F32_EPS)]))
+    torch.testing.assert_close(sample, expected, rtol=0.0, atol=1e-6)
+    assert not torch.equal(sample, dist.icdf(torch.tensor([drawn])))
