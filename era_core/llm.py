@@ -116,6 +116,9 @@ def attainable_logit_factors(lb: float, ub: float, k: float, vocab_size: int) ->
     :func:`logit_factors_from_response_entropy` with ``vocab_size`` (float32, entropies clamped to that range),
     so a factor left out here is never given there.
 
+    :param lb: the entropy lower bound (responses below it are sharpened).
+    :param ub: the entropy upper bound (responses above it are flattened).
+    :param k: logit factor (``> 1``).
     :param vocab_size: number of tokens the entropies are computed over (the LM head's outputs).
     :return: a subset of :func:`response_factor_values`, in its order (sharpen, then flatten).
     """

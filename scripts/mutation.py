@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 from collections import Counter
+from fnmatch import fnmatch
 from pathlib import Path
 
 import tomllib
@@ -51,8 +52,11 @@ def prepare(target: str, config: dict, workdir: Path) -> None:
     (workdir / "pyproject.toml").write_text(pyproject + "\n".join(lines) + "\n")
 
 
-def summarise(workdir: Path, env: dict[str, str]) -> dict:
-    """Counts per status and the surviving mutants, from ``mutmut results --all true``."""
+def summarise(workdir: Path, env: dict[str, str], names: list[str]) -> dict:
+    """Counts per status and the surviving mutants, from ``mutmut results --all true``.
+
+    With ``names`` (globs), only the mutants they match: the folder may hold results of earlier runs.
+    """
     listing = subprocess.run(
         [sys.executable, "-m", "mutmut", "results", "--all", "true"],
         cwd=workdir,
@@ -62,6 +66,8 @@ def summarise(workdir: Path, env: dict[str, str]) -> dict:
         check=True,
     ).stdout
     status = dict(line.strip().rsplit(": ", 1) for line in listing.splitlines() if ": " in line)
+    if names:
+        status = {name: value for name, value in status.items() if any(fnmatch(name, n) for n in names)}
     counts = Counter(status.values())
     tested = counts["killed"] + counts["survived"] + counts["timeout"]
     return {
@@ -98,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             *args.names,
         ]
         subprocess.run(["nice", "-n", str(args.nice), *command], cwd=workdir, env=env, check=True)
-    summary = summarise(workdir, env)
+    summary = summarise(workdir, env, args.names)
     equivalent = set(targets[args.target].get("equivalent", []))
     summary["equivalent"] = sorted(equivalent & set(summary["survived"]))
     summary["survived"] = sorted(set(summary["survived"]) - equivalent)

@@ -504,7 +504,6 @@ def test_optimize_two_workers_share_one_journal_study(tmp_path):
     )
 
 
-@pytest.mark.slow
 def test_optimize_two_workers_share_one_sqlite_study(tmp_path):
     url = f"sqlite:///{tmp_path / 'study.db'}"
     # Create the schema once, so the two workers do not race to create the tables.
