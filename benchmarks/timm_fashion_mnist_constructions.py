@@ -202,10 +202,47 @@ def write_outputs(args: argparse.Namespace, rows: list[dict]) -> dict:
     missing = [f"{arm}-seed{s}" for arm in args.arms for s in args.seeds if not any(
         r["arm"] == arm and r["seed"] == s for r in rows)]  # fmt: skip
     with open(out, "w") as f:
-        json.dump({"config": vars(args), "missing": missing, "runs": rows, "summary": summary}, f, indent=2)
+        json.dump(
+            {
+                "config": {k: v for k, v in vars(args).items() if k != "no_train"},
+                "missing": missing,
+                "runs": rows,
+                "summary": summary,
+            },
+            f,
+            indent=2,
+        )
     for arm in summary:
         plot_reliability(arm, [r for r in rows if r["arm"] == arm], out.with_name(f"{out.stem}-{arm}.png"))
+    out.with_suffix(".md").write_text(markdown_table(args, summary, missing))
     return summary
+
+
+def markdown_table(args: argparse.Namespace, summary: dict[str, dict], missing: list[str]) -> str:
+    """Per arm: seeds finished and each metric's mean ± standard deviation over them (the docs include it)."""
+    headers = {
+        "top1": "top-1 %",
+        "nll": "NLL",
+        "ece": "ECE",
+        "entropy_mean": "entropy mean",
+        "entropy_min": "entropy min",
+    }
+    lines = [
+        f"{args.dataset} test set, `{args.model}`, {args.epochs} epochs; mean ± std over the finished seeds "
+        f"(± n/a: one seed). Not finished yet: {', '.join(missing) if missing else 'none'}.",
+        "",
+        "| arm | seeds | " + " | ".join(headers[k] for k in METRICS) + " |",
+        "|---|---|" + "---|" * len(METRICS),
+    ]
+    for arm, cells in summary.items():
+        values = [
+            f"{cells[k]['mean']:.{2 if k == 'top1' else 3}f} ± "
+            + ("n/a" if cells[k]["std"] is None else f"{cells[k]['std']:.{2 if k == 'top1' else 3}f}")
+            for k in METRICS
+        ]
+        seeds = ", ".join(str(seed) for seed in cells["seeds"])
+        lines.append(f"| `{arm}` | {seeds} | " + " | ".join(values) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
@@ -228,7 +265,12 @@ def main() -> None:
     parser.add_argument(
         "--out",
         default="benchmarks/results/timm_fashion_mnist_constructions.json",
-        help="JSON; PNGs beside it",
+        help="JSON; PNGs and a Markdown table beside it",
+    )
+    parser.add_argument(
+        "--no-train",
+        action="store_true",
+        help="only rewrite the table, PNGs and JSON from the runs already in --out",
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -238,6 +280,8 @@ def main() -> None:
     jobs = [
         (arm, seed) for seed in args.seeds for arm in args.arms if (arm, seed) not in done
     ]  # seed-major: every arm gets seed 0 first
+    if args.no_train:
+        jobs = []
     if done:
         print(f"{len(done)} runs already in {args.out}; {len(jobs)} to run", flush=True)
     lock = threading.Lock()
@@ -258,7 +302,9 @@ def main() -> None:
     for arm, cells in summary.items():
         std = {k: "n/a" if cells[k]["std"] is None else f"{cells[k]['std']:.3f}" for k in METRICS}
         print(f"{arm:14s}" + "".join(f"{cells[k]['mean']:>12.4f} ± {std[k]:<5s}" for k in METRICS))
-    print(f"written to {args.out} and its -<arm>.png reliability diagrams")
+    print(
+        f"written to {args.out}, its -<arm>.png reliability diagrams and {Path(args.out).with_suffix('.md')}"
+    )
 
 
 if __name__ == "__main__":
