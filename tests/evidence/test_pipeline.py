@@ -94,7 +94,7 @@ def test_launcher_shards_resume_and_report(tiny_protocol: Path, tmp_path: Path):
         cwd=REPOSITORY, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     first = shard_runs(protocol.runs(), (1, 2))[0]
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + 600  # a loaded machine may take minutes to reach the first checkpoint
     while run_status(runs_dir, results_dir, first)[0] != "partial" and time.monotonic() < deadline:
         assert launcher.poll() is None, launcher.communicate()[0]
         time.sleep(0.2)
