@@ -36,6 +36,14 @@ _MULTIMODAL_KEYS = (
 )
 
 
+def _refuse_processor(processing_class: object) -> None:
+    if isinstance(processing_class, ProcessorMixin):
+        raise NotImplementedError(
+            "ERAGRPOTrainer supports text-only causal language models; vision-language models (a processor as "
+            "processing_class) are not supported yet. Use GRPOTrainer for them."
+        )
+
+
 class ERAGRPOTrainer(GRPOTrainer):
     """
     [`~trl.GRPOTrainer`] with ERA (Entropy Regularizing Activation) applied where the policy loss reads the sampled
@@ -103,12 +111,11 @@ class ERAGRPOTrainer(GRPOTrainer):
             raise TypeError(
                 f"args must be an ERAGRPOConfig (it holds the era_* options), got {type(args).__name__}"
             )
+        # A processor given by the caller is refused before GRPOTrainer builds anything; one that GRPOTrainer
+        # loads for the model itself is only known after its __init__.
+        _refuse_processor(kwargs.get("processing_class"))
         super().__init__(model, reward_funcs, args=args, **kwargs)
-        if isinstance(self.processing_class, ProcessorMixin):
-            raise NotImplementedError(
-                "ERAGRPOTrainer supports text-only causal language models; vision-language models (a processor as "
-                "processing_class) are not supported yet. Use GRPOTrainer for them."
-            )
+        _refuse_processor(self.processing_class)
         patched_model = self.model.get_base_model() if is_peft_model(self.model) else self.model
         self._era_head = ScaledLogProbHead(
             patched_model,

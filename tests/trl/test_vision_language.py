@@ -12,6 +12,7 @@ from transformers import (
     LlavaProcessor,
     Qwen2Config,
 )
+from trl import GRPOTrainer
 
 from tests.trl.conftest import build_tokenizer, count_reward
 from trl_era import ERAGRPOConfig, ERAGRPOTrainer
@@ -47,3 +48,18 @@ def test_vision_language_model_with_a_processor_is_refused(config_kwargs):
             train_dataset=Dataset.from_dict({"prompt": ["a b c"] * 8}),
             processing_class=processor,
         )
+
+
+def test_a_given_processor_is_refused_before_grpo_trainer_builds_anything(config_kwargs, monkeypatch):
+    """The refusal comes first: GRPOTrainer's __init__ (model loading, reference model, generation) never runs."""
+    calls = []
+    monkeypatch.setattr(GRPOTrainer, "__init__", lambda self, *args, **kwargs: calls.append(args))
+    _, processor = _tiny_llava()
+    with pytest.raises(NotImplementedError, match=r"vision-language models .* are not supported yet"):
+        ERAGRPOTrainer(
+            model="any/model-id",
+            reward_funcs=count_reward,
+            args=ERAGRPOConfig(**config_kwargs),
+            processing_class=processor,
+        )
+    assert calls == []
