@@ -23,11 +23,13 @@ from pathlib import Path
 METRICS = ("top1", "nll", "ece", "entropy_mean", "entropy_min")
 
 
-def run_command(args: argparse.Namespace, arm: str, seed: int) -> list[str]:
-    model = args.model + ("_era" if arm == "era" else "")
-    command = [
+def train_command(
+    args: argparse.Namespace, dataset: str, model: str, experiment: str, seed: int
+) -> list[str]:
+    """The recipe's ``timm_era.train`` command, shared by this benchmark and the constructions one."""
+    return [
         sys.executable, "-m", "timm_era.train",
-        "--dataset", "fashion-mnist",
+        "--dataset", dataset,
         "--model", model,
         "--epochs", str(args.epochs),
         "--batch-size", str(args.batch_size),
@@ -38,10 +40,15 @@ def run_command(args: argparse.Namespace, arm: str, seed: int) -> list[str]:
         "--smoothing", str(args.smoothing),
         "--seed", str(seed),
         "--output", args.output,
-        "--experiment", f"{model}-seed{seed}",
+        "--experiment", experiment,
         "--checkpoint-hist", "1",
         "--no-progress",
     ]  # fmt: skip
+
+
+def run_command(args: argparse.Namespace, arm: str, seed: int) -> list[str]:
+    model = args.model + ("_era" if arm == "era" else "")
+    command = train_command(args, "fashion-mnist", model, f"{model}-seed{seed}", seed)
     if arm == "era":
         command += ["--min-entropy", str(args.min_entropy)]
     return command

@@ -27,7 +27,6 @@ import json
 import os
 import statistics
 import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -38,12 +37,12 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from timm.models import load_checkpoint
+from timm_fashion_mnist import METRICS, train_command
 
 import timm_era  # noqa: F401  (registers the <arch>_era names)
 from timm_era.data import load_in_memory_dataset
 from timm_era.metrics import ClassificationMetrics
 
-METRICS = ("top1", "nll", "ece", "entropy_mean", "entropy_min")
 # arm -> (ERA construction, floor); None: the plain model
 ARMS: dict[str, tuple[str, float] | None] = {
     "baseline": None,
@@ -56,23 +55,7 @@ ARMS: dict[str, tuple[str, float] | None] = {
 def run_command(args: argparse.Namespace, arm: str, seed: int) -> list[str]:
     era = ARMS[arm]
     model = args.model + ("_era" if era else "")
-    command = [
-        sys.executable, "-m", "timm_era.train",
-        "--dataset", args.dataset,
-        "--model", model,
-        "--epochs", str(args.epochs),
-        "--batch-size", str(args.batch_size),
-        "--opt", args.opt,
-        "--lr", str(args.lr),
-        "--weight-decay", str(args.weight_decay),
-        "--sched", "cosine",
-        "--smoothing", str(args.smoothing),
-        "--seed", str(seed),
-        "--output", args.output,
-        "--experiment", f"{arm}-seed{seed}",
-        "--checkpoint-hist", "1",
-        "--no-progress",
-    ]  # fmt: skip
+    command = train_command(args, args.dataset, model, f"{arm}-seed{seed}", seed)
     if era:
         command += ["--era-construction", era[0], "--min-entropy", str(era[1])]
     return command
