@@ -1,8 +1,9 @@
 """Where the time of an ERA update goes: per-op counts and CPU time from ``torch.profiler``, ERA against SB3.
 
 Profiles ``model.train()`` of SAC (``ent_coef="auto"``, ``ent_coef=0``) and SAC-ERA (truncated, tanh) on one
-shared replay buffer, and one PPO rollout (``collect_rollouts``) of PPO and PPO-ERA, and prints, per model, the
-number of aten ops per gradient step (or per env step) and their self CPU time, with the top ops. Op counts do
+shared replay buffer, and one PPO rollout (``collect_rollouts``) of PPO and PPO-ERA with the update on it, and
+prints, per model, the number of aten ops per gradient step (per env step of the rollout, per minibatch of the
+PPO update) and their self CPU time, with the top ops. Op counts do
 not depend on the load of the machine, which makes them the stable half of ``sb3_throughput.py``'s story::
 
     python benchmarks/sb3_op_counts.py --env HalfCheetah-v5 --gradient-steps 20 --ppo-steps 256
@@ -84,12 +85,16 @@ def main() -> None:
             model.collect_rollouts(model.env, callback, model.rollout_buffer, args.ppo_steps)
 
         results[name] = _profile(rollout, args.ppo_steps, args.top)
+        # The update on that rollout (run and profiled twice, like the rollout): per minibatch gradient step.
+        minibatches = model.n_epochs * -(-args.ppo_steps // model.batch_size)
+        results[f"{name} update"] = _profile(model.train, minibatches, args.top)
 
     print(
-        f"{args.env}: aten ops and their self CPU time per gradient step (SAC) or per rollout env step (PPO)"
+        f"{args.env}: aten ops and their self CPU time per gradient step (SAC), per rollout env step (PPO) or"
+        " per minibatch of the update (PPO update)"
     )
     for name, row in results.items():
-        print(f"{name:<22} {row['aten_ops_per_unit']:8.1f} ops {row['aten_self_cpu_ms_per_unit']:8.3f} ms")
+        print(f"{name:<29} {row['aten_ops_per_unit']:8.1f} ops {row['aten_self_cpu_ms_per_unit']:8.3f} ms")
         print(
             "    "
             + ", ".join(f"{op.removeprefix('aten::')} {n:.1f}" for op, n in row["top_ops_per_unit"].items())

@@ -19,6 +19,10 @@ from torch.distributions.utils import broadcast_all
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 _HALF_LOG_2PI_E = 0.5 * math.log(2.0 * math.pi * math.e)
+# The smallest normal number of the float dtypes the one-pass sample computes in, by item size.
+_TINY = {4: torch.finfo(torch.float32).tiny, 8: torch.finfo(torch.float64).tiny}
+# The output dtypes NumPy has, by name (half precision is cast by torch).
+_NUMPY_DTYPES = {torch.float32: "float32", torch.float64: "float64"}
 
 
 def _log1mexp(x: torch.Tensor) -> torch.Tensor:
@@ -91,37 +95,79 @@ def _standard_quantile(
     return torch.where(mirrored, -z, z)
 
 
-def _sample_and_log_prob_in_interval(
-    loc: torch.Tensor, scale: torch.Tensor, center: float, half_width: float, u: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
+class _TorchOps:
+    """The array functions :func:`_sample_and_log_prob_in_interval` needs, on torch tensors."""
+
+    abs = staticmethod(torch.abs)
+    log = staticmethod(torch.log)
+    expm1 = staticmethod(torch.expm1)
+    logaddexp = staticmethod(torch.logaddexp)
+    log_ndtr = staticmethod(torch.special.log_ndtr)
+    ndtri_exp = staticmethod(ndtri_exp)
+    where = staticmethod(torch.where)
+    clip = staticmethod(torch.clamp)
+
+    @staticmethod
+    def minimum(x: torch.Tensor, bound: float) -> torch.Tensor:
+        return x.clamp(max=bound)
+
+
+@functools.cache
+def _scipy_ops() -> type | None:
+    """The same functions on float64 NumPy arrays through SciPy (``None`` without SciPy).
+
+    A rollout samples one state per step, where torch's per-operation dispatch, not the arithmetic, is the
+    cost: NumPy and SciPy's ufuncs take a fraction of it per call, and their ``ndtri_exp`` covers the deep
+    tail itself.
+    """
+    try:
+        from scipy import special
+    except ImportError:
+        return None
+    import numpy as np
+
+    class _ScipyOps:
+        abs = staticmethod(np.abs)
+        log = staticmethod(np.log)
+        expm1 = staticmethod(np.expm1)
+        logaddexp = staticmethod(np.logaddexp)
+        log_ndtr = staticmethod(special.log_ndtr)
+        ndtri_exp = staticmethod(special.ndtri_exp)
+        where = staticmethod(np.where)
+        minimum = staticmethod(np.minimum)
+
+        @staticmethod
+        def clip(x: np.ndarray, low: float, high: float) -> np.ndarray:
+            return np.minimum(np.maximum(x, low), high)  # np.clip's Python wrapper costs more than both
+
+    return _ScipyOps
+
+
+def _sample_and_log_prob_in_interval(ops, loc, scale, center: float, half_width: float, u):
     """A sample on ``[center - half_width, center + half_width]`` and its log-density, in few operations.
 
     The quantile of :func:`_standard_quantile`, taken on the mirror image that keeps the interval in the lower
     tail of the standard normal: with ``d = |loc - center|`` its standardised bounds are
     ``a = (-half_width - d) / scale`` and ``b = (half_width - d) / scale`` on either side of the centre, so no
-    elementwise choice is needed until the end. ``u`` (uniform, a fresh tensor, overwritten) is the quantile's
-    level in that image: ``x = loc + s * scale * Phi^-1(Phi(a) + u * Z)`` with ``s = -1`` below the centre (the
-    sample :meth:`TruncatedNormal.icdf` gives for ``1 - u`` there and ``u`` above; the same distribution).
+    elementwise choice is needed until the end. ``u`` (uniform) is the quantile's level in that image:
+    ``x = loc + s * scale * Phi^-1(Phi(a) + u * Z)`` with ``s = -1`` below the centre (the sample
+    :meth:`TruncatedNormal.icdf` gives for ``1 - u`` there and ``u`` above; the same distribution).
     ``ln Z = ln Phi(b) + ln(-expm1(ln Phi(a) - ln Phi(b)))`` is exact to the dtype's resolution in absolute
     terms, which is what a log-probability needs. The log-density at the sample is read off the standardised
-    quantile ``z`` it is made of: ``-z^2 / 2 - ln(2 pi) / 2 - ln(scale) - ln(Z)``. Without gradient.
+    quantile ``z`` it is made of: ``-z^2 / 2 - ln(2 pi) / 2 - ln(scale) - ln(Z)``. Written once for any array
+    library whose functions ``ops`` names (:class:`_TorchOps`, :func:`_scipy_ops`); without gradient.
     """
     mirrored = loc < center
-    distance = (loc - center).abs_() if center != 0.0 else loc.abs()
-    log_phi_a = torch.special.log_ndtr(torch.rsub(distance, -half_width).div_(scale))
-    log_z = torch.special.log_ndtr(torch.rsub(distance, half_width).div_(scale))
-    log_z += torch.sub(log_phi_a, log_z).expm1_().neg_().log_()
-    log_p = torch.logaddexp(log_phi_a, u.log_().add_(log_z)).clamp_(max=-torch.finfo(u.dtype).tiny)
-    # ndtri_exp, with its final sign folded into the mirror image's.
-    upper_half = log_p > -math.log(2.0)
-    z = torch.special.ndtri(torch.where(upper_half, torch.expm1(log_p).neg_(), torch.exp(log_p)))
-    tiny_log = math.log(torch.finfo(log_p.dtype).tiny) + 1.0
-    if log_p.device.type != "cpu" or log_p.min().item() < tiny_log:
-        deep_tail = log_p < tiny_log
-        z = torch.where(deep_tail, _deep_tail_quantile(log_p, deep_tail, tiny_log), z)
-    z = torch.where(upper_half ^ mirrored, z.neg(), z)
-    x = torch.addcmul(loc, scale, z).clamp_(center - half_width, center + half_width)
-    log_prob = torch.addcmul(log_z.add_(_HALF_LOG_2PI).add_(torch.log(scale)), z, z, value=0.5).neg_()
+    distance = ops.abs(loc - center)
+    log_phi_a = ops.log_ndtr((-half_width - distance) / scale)
+    log_phi_b = ops.log_ndtr((half_width - distance) / scale)
+    log_z = log_phi_b + ops.log(-ops.expm1(log_phi_a - log_phi_b))
+    # Kept below 0, where the quantile is finite (log Z rounds to 0 for an interval holding all the mass).
+    log_p = ops.minimum(ops.logaddexp(log_phi_a, ops.log(u) + log_z), -_TINY[u.dtype.itemsize])
+    z = ops.ndtri_exp(log_p)
+    z = ops.where(mirrored, -z, z)
+    x = ops.clip(loc + scale * z, center - half_width, center + half_width)
+    log_prob = -(0.5 * z * z + (_HALF_LOG_2PI + ops.log(scale) + log_z))
     return x, log_prob
 
 
@@ -198,6 +244,61 @@ class _LogZAndDensityRatios(torch.autograd.Function):
             grad_alpha += weighted * pa
             grad_beta -= weighted * (beta + pb)
         return grad_alpha, grad_beta
+
+
+class _LogProbAndEntropy(torch.autograd.Function):
+    """``(log_prob(value), entropy)`` of the truncated normal on ``[low, high]`` (numbers), one node in the graph.
+
+    The same quantities as :meth:`TruncatedNormal.log_prob` and :meth:`TruncatedNormal.entropy` (``ln Z`` from
+    :func:`log_ndtr_diff`, ``pa = phi(alpha) / Z``, ``pb = phi(beta) / Z``), with the gradient in closed form:
+    for ``xi = (value - loc) / scale`` and ``T = alpha pa - beta pb``, the log-probability has
+    ``d/d loc = (xi - pa + pb) / scale``, ``d/d scale = (xi^2 - 1 - T) / scale`` and
+    ``d/d value = -xi / scale`` inside the support (0 outside, where it is ``-inf``); the entropy has
+    ``d/d alpha = pa (T - alpha^2 - 1) / 2`` and ``d/d beta = pb (beta^2 - T + 1) / 2``, hence
+    ``d/d loc = -(d/d alpha + d/d beta) / scale`` and
+    ``d/d scale = (1 - alpha d/d alpha - beta d/d beta) / scale``. A training step (PPO's log-ratio and
+    entropy, SAC's actor loss) records one node instead of a few dozen elementwise ones.
+    """
+
+    @staticmethod
+    def forward(ctx, loc, scale, value, low: float, high: float):
+        alpha = (low - loc) / scale
+        beta = (high - loc) / scale
+        log_z = log_ndtr_diff(beta, alpha)
+        pa = torch.exp(_log_normal_pdf(alpha) - log_z)
+        pb = torch.exp(_log_normal_pdf(beta) - log_z)
+        xi = (value - loc) / scale
+        log_scale = torch.log(scale)
+        inside = (value >= low) & (value <= high)
+        log_prob = torch.where(inside, _log_normal_pdf(xi) - log_scale - log_z, -math.inf)
+        tail = alpha * pa - beta * pb
+        entropy = (log_scale + log_z).add_(_HALF_LOG_2PI_E).add_(tail, alpha=0.5)
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(scale, alpha, beta, pa, pb, xi, tail, inside)
+        return log_prob, entropy
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_log_prob, grad_entropy):
+        scale, alpha, beta, pa, pb, xi, tail, inside = ctx.saved_tensors
+        # Gradients times scale, divided by it once at the end.
+        loc_term = torch.zeros_like(scale)
+        scale_term = torch.zeros_like(scale)
+        grad_value = None
+        if grad_log_prob is not None:
+            inside_grad = torch.where(inside, grad_log_prob, 0.0)
+            loc_term += inside_grad * (xi - pa + pb)
+            scale_term += inside_grad * (xi * xi - 1.0 - tail)
+            if ctx.needs_input_grad[2]:
+                grad_value = -inside_grad * xi / scale
+        if grad_entropy is not None:
+            d_alpha = 0.5 * pa * (tail - alpha * alpha - 1.0)
+            d_beta = 0.5 * pb * (beta * beta - tail + 1.0)
+            loc_term -= grad_entropy * (d_alpha + d_beta)
+            scale_term += grad_entropy * (1.0 - alpha * d_alpha - beta * d_beta)
+        grad_loc = loc_term / scale if ctx.needs_input_grad[0] else None
+        grad_scale = scale_term / scale if ctx.needs_input_grad[1] else None
+        return grad_loc, grad_scale, grad_value, None, None
 
 
 class TruncatedNormal(Distribution):
@@ -320,10 +421,38 @@ class TruncatedNormal(Distribution):
         if self._validate_args:
             self._validate_sample(value)
         value = value.to(self.loc.dtype)
+        if self._fusable(value) and torch.is_grad_enabled():
+            log_prob = _LogProbAndEntropy.apply(self.loc, self.scale, value, self.low, self.high)[0]
+            return log_prob.to(self._out_dtype)
         xi = (value - self.loc) / self.scale
         log_p = _log_normal_pdf(xi) - torch.log(self.scale) - self._log_z
         inside = (value >= self.low) & (value <= self.high)
         return torch.where(inside, log_p, torch.full_like(log_p, -math.inf)).to(self._out_dtype)
+
+    def log_prob_and_entropy(self, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(log_prob(value), entropy())`` in one pass, as a training step reads them (PPO's ratio and entropy).
+
+        With number bounds and ``value`` of the batch shape, both come from one autograd node with a
+        closed-form gradient (for ``loc``, ``scale`` and ``value``); otherwise from the two methods.
+
+        :param value: points of the batch shape.
+        :return: the log-probabilities and the entropies, both of the batch shape.
+        """
+        value = value.to(self.loc.dtype)
+        if not self._fusable(value):
+            return self.log_prob(value), self.entropy()
+        if self._validate_args:
+            self._validate_sample(value)
+        log_prob, entropy = _LogProbAndEntropy.apply(self.loc, self.scale, value, self.low, self.high)
+        return log_prob.to(self._out_dtype), entropy.to(self._out_dtype)
+
+    def _fusable(self, value: torch.Tensor) -> bool:
+        """Whether :class:`_LogProbAndEntropy` applies: number bounds and ``value`` of the batch shape."""
+        return (
+            not isinstance(self.low, torch.Tensor)
+            and not isinstance(self.high, torch.Tensor)
+            and value.shape == self.loc.shape
+        )
 
     def cdf(self, value: torch.Tensor) -> torch.Tensor:
         """``(Phi(xi) - Phi(alpha)) / Z`` with ``xi`` clamped to the support (0 below it, 1 above).
@@ -361,13 +490,26 @@ class TruncatedNormal(Distribution):
             return x, self.log_prob(x)
         shape = self._extended_shape(sample_shape)
         eps = torch.finfo(self.loc.dtype).eps
-        u = torch.rand(shape, dtype=self.loc.dtype, device=self.loc.device).clamp_(eps, 1.0 - eps)
+        u = torch.rand(shape, dtype=self.loc.dtype, device=self.loc.device)
+        center, half_width = 0.5 * (self.low + self.high), 0.5 * (self.high - self.low)
+        scipy_ops = _scipy_ops() if self.loc.device.type == "cpu" else None
+        if scipy_ops is not None and not torch.compiler.is_compiling() and not torch.jit.is_tracing():
+            # float64 arrays, broadcast against the draws' shape by NumPy itself.
+            loc, scale, u = (t.numpy().astype("float64") for t in (self.loc, self.scale, u))
+            x, log_prob = _sample_and_log_prob_in_interval(
+                scipy_ops, loc, scale, center, half_width, scipy_ops.clip(u, eps, 1.0 - eps)
+            )
+            numpy_dtype = _NUMPY_DTYPES.get(self._out_dtype)
+            if numpy_dtype is not None:
+                return torch.from_numpy(x.astype(numpy_dtype)), torch.from_numpy(log_prob.astype(numpy_dtype))
+            return torch.from_numpy(x).to(self._out_dtype), torch.from_numpy(log_prob).to(self._out_dtype)
         x, log_prob = _sample_and_log_prob_in_interval(
+            _TorchOps,
             self.loc.expand(shape),
             self.scale.expand(shape),
-            0.5 * (self.low + self.high),
-            0.5 * (self.high - self.low),
-            u,
+            center,
+            half_width,
+            u.clamp_(eps, 1.0 - eps),
         )
         return x.to(self._out_dtype), log_prob.to(self._out_dtype)
 

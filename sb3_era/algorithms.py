@@ -16,6 +16,7 @@ from stable_baselines3 import A2C, PPO, SAC
 from stable_baselines3.common.policies import BasePolicy
 
 from sb3_era.callbacks import record_era_stats, warn_if_entropy_bonus
+from sb3_era.distributions import TruncatedNormalDistribution
 from sb3_era.off_policy import (
     ERACrossQPolicy,
     ERASACCnnPolicy,
@@ -240,6 +241,18 @@ class _ERAOnPolicyAlgorithm(_ERALoggingMixin):
             policy_kwargs=merge_era_knobs(policy_kwargs, knobs),
             **kwargs,
         )
+
+    def train(self) -> None:
+        # With ent_coef=0 the loss holds 0 * entropy: the entropy is then computed (it is logged) without a graph,
+        # which leaves every gradient as it was and skips its backward.
+        action_dist = getattr(self.policy, "action_dist", None)
+        if not isinstance(action_dist, TruncatedNormalDistribution) or self.ent_coef != 0.0:
+            return super().train()
+        action_dist.entropy_needs_grad = False
+        try:
+            super().train()
+        finally:
+            action_dist.entropy_needs_grad = True
 
     def _maybe_recommend_cpu(self, mlp_class_name: str = ERAActorCriticPolicy.__name__) -> None:
         # SB3 recommends the CPU when the policy class is its MLP one, matched by name: ours has another name.

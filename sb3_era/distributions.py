@@ -32,6 +32,9 @@ class TruncatedNormalDistribution(DiagGaussianDistribution):
     """
 
     distribution: TruncatedNormal
+    #: Whether :meth:`entropy` records a graph. ``ERAPPO``/``ERAA2C`` turn it off inside ``train()`` when
+    #: ``ent_coef`` is 0, where the loss only multiplies the entropy by zero (it is still logged).
+    entropy_needs_grad: bool = True
 
     def __init__(self, action_dim: int, low: float | np.ndarray = -1.0, high: float | np.ndarray = 1.0):
         super().__init__(action_dim)
@@ -51,6 +54,8 @@ class TruncatedNormalDistribution(DiagGaussianDistribution):
         self.log_scale_correction = float(np.log((high_arr - low_arr) / 2.0).sum())
         # (actions, their version counter, log-probability) of the last sample drawn without gradient.
         self._sampled: tuple[th.Tensor, int, th.Tensor] | None = None
+        # The entropy computed beside the last log-probability with gradient (one pass gives both).
+        self._entropy: th.Tensor | None = None
 
     def proba_distribution(
         self: SelfTruncatedNormalDistribution, mean_actions: th.Tensor, log_std: th.Tensor
@@ -70,7 +75,7 @@ class TruncatedNormalDistribution(DiagGaussianDistribution):
         # A rollout (no gradient) skips the parameter checks; a training pass (with gradient) keeps them.
         validate_args = None if th.is_grad_enabled() else False
         self.distribution = TruncatedNormal(loc, scale, -1.0, 1.0, validate_args=validate_args)
-        self._sampled = None
+        self._sampled = self._entropy = None
         return self
 
     def _to_unit_box(self, actions: th.Tensor) -> th.Tensor:
@@ -98,12 +103,21 @@ class TruncatedNormalDistribution(DiagGaussianDistribution):
             and not th.is_grad_enabled()
         ):
             return sampled[2]
-        log_prob = sum_independent_dims(self.distribution.log_prob(self._to_unit_box(actions)))
-        return log_prob - self.log_scale_correction
+        unit = self._to_unit_box(actions)
+        if th.is_grad_enabled():
+            # A training step reads the entropy next (PPO, A2C): one pass and one graph node give both.
+            unit_log_prob, self._entropy = self.distribution.log_prob_and_entropy(unit)
+        else:
+            unit_log_prob = self.distribution.log_prob(unit)
+        return sum_independent_dims(unit_log_prob) - self.log_scale_correction
 
     def entropy(self) -> th.Tensor:
         """Exact entropy in the environment's action space, summed over action dimensions."""
-        return sum_independent_dims(self.distribution.entropy()) + self.log_scale_correction
+        with th.set_grad_enabled(th.is_grad_enabled() and self.entropy_needs_grad):
+            entropy = self.distribution.entropy() if self._entropy is None else self._entropy
+            if not th.is_grad_enabled():
+                entropy = entropy.detach()
+            return sum_independent_dims(entropy) + self.log_scale_correction
 
     def sample(self) -> th.Tensor:
         """

@@ -1,6 +1,7 @@
 """Spec section 1.1: the truncated normal on [low, high], checked against quadrature, Monte Carlo and SciPy."""
 
 import math
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import integrate, stats
 
-from era_core import TruncatedNormal, ndtri_exp
+from era_core import TruncatedNormal, ndtri_exp, truncated_normal
 
 MIN_SCALE = math.exp(-8.0)
 # (loc, scale): interior, near and at the bounds, the smallest scale the SAC actor produces, wide.
@@ -219,6 +220,14 @@ def test_rsample_without_gradient_equals_the_differentiable_sample() -> None:
     assert torch.equal(with_grad.detach(), without)
 
 
+@pytest.fixture(params=["scipy", "torch"])
+def sample_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The one-pass sample through SciPy's float64 ufuncs (CPU default) or through torch (accelerators)."""
+    if request.param == "torch":
+        monkeypatch.setattr(truncated_normal, "_scipy_ops", lambda: None)
+    return request.param
+
+
 def _sample_and_log_prob_with_reference(loc, scale, low, high, seed, shape=(40,)):
     """The one-pass sample and log-prob, and ``icdf`` + ``log_prob`` (float64) for the same uniform draws."""
     dist = TruncatedNormal(loc, scale, low, high)
@@ -236,7 +245,9 @@ def _sample_and_log_prob_with_reference(loc, scale, low, high, seed, shape=(40,)
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize(("low", "high"), [(-1.0, 1.0), (-2.0, 0.5)])
-def test_sample_and_log_prob_match_icdf_and_log_prob(dtype: torch.dtype, low: float, high: float) -> None:
+def test_sample_and_log_prob_match_icdf_and_log_prob(
+    dtype: torch.dtype, low: float, high: float, sample_backend: str
+) -> None:
     width = 0.5 * (high - low)
     loc = torch.tensor([0.5 * (low + high) + width * c[0] for c in CASES] + [high - 1e-3, low], dtype=dtype)
     scale = torch.tensor([width * c[1] for c in CASES] + [0.02, 3.0], dtype=dtype)
@@ -253,19 +264,24 @@ def test_sample_and_log_prob_match_icdf_and_log_prob(dtype: torch.dtype, low: fl
         torch.testing.assert_close(log_prob.double(), expected_log_prob, rtol=5e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("backend", ["scipy", "torch"])
 @settings(max_examples=40, deadline=None)
 @given(loc=st.floats(-1.0, 1.0), log_scale=st.floats(-8.0, 3.0), seed=st.integers(0, 2**16))
-def test_sample_and_log_prob_match_the_reference_everywhere(loc: float, log_scale: float, seed: int) -> None:
+def test_sample_and_log_prob_match_the_reference_everywhere(
+    backend: str, loc: float, log_scale: float, seed: int
+) -> None:
     loc_t = torch.tensor([loc], dtype=torch.float64)
     scale_t = torch.tensor([math.exp(log_scale)], dtype=torch.float64)
-    x, log_prob, expected, expected_log_prob = _sample_and_log_prob_with_reference(
-        loc_t, scale_t, -1.0, 1.0, seed
-    )
+    scipy_ops = truncated_normal._scipy_ops if backend == "scipy" else lambda: None
+    with mock.patch.object(truncated_normal, "_scipy_ops", scipy_ops):
+        x, log_prob, expected, expected_log_prob = _sample_and_log_prob_with_reference(
+            loc_t, scale_t, -1.0, 1.0, seed
+        )
     torch.testing.assert_close(x, expected, rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(log_prob, expected_log_prob, rtol=1e-9, atol=1e-9)
 
 
-def test_sample_and_log_prob_far_outside_the_support_take_the_deep_tail() -> None:
+def test_sample_and_log_prob_far_outside_the_support_take_the_deep_tail(sample_backend: str) -> None:
     # Locations far outside [-1, 1] put every quantile level below float32's smallest normal number.
     loc = torch.tensor([12.0, -12.0, 3.0])
     scale = torch.tensor([0.1, 0.1, 0.05])
@@ -275,7 +291,7 @@ def test_sample_and_log_prob_far_outside_the_support_take_the_deep_tail() -> Non
     torch.testing.assert_close(log_prob.double(), expected_log_prob, rtol=1e-4, atol=2e-2)
 
 
-def test_sample_and_log_prob_with_tensor_bounds_and_under_grad_mode() -> None:
+def test_sample_and_log_prob_with_tensor_bounds_and_under_grad_mode(sample_backend: str) -> None:
     loc = torch.zeros(3, requires_grad=True)
     dist = TruncatedNormal(loc, torch.ones(3), low=torch.tensor([-2.0, 0.0, -0.5]), high=1.0)
     x, log_prob = dist.sample_and_log_prob((500,))
@@ -331,3 +347,119 @@ def test_closed_form_log_z_gradient_passes_gradcheck() -> None:
     alpha = torch.tensor([-3.0, -0.2, -40.0, 0.5, -1e-3, -5.0], dtype=torch.float64, requires_grad=True)
     beta = torch.tensor([-1.0, 0.3, -38.0, 30.0, 1e-3, 5.0], dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(_LogZAndDensityRatios.apply, (alpha, beta))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_sample_and_log_prob_backends_agree_draw_for_draw(dtype: torch.dtype) -> None:
+    # The same uniform draws through SciPy (float64) and through torch give the same samples and log-probs.
+    loc = torch.tensor([c[0] for c in CASES] + [12.0, -3.0], dtype=dtype)
+    scale = torch.tensor([c[1] for c in CASES] + [0.1, 0.05], dtype=dtype)
+    results = []
+    for scipy_ops in (truncated_normal._scipy_ops, lambda: None):
+        with mock.patch.object(truncated_normal, "_scipy_ops", scipy_ops):
+            torch.manual_seed(3)
+            results.append(TruncatedNormal(loc, scale).sample_and_log_prob((50,)))
+    (x_scipy, lp_scipy), (x_torch, lp_torch) = results
+    assert x_scipy.dtype == lp_scipy.dtype == dtype and x_scipy.shape == (50, len(CASES) + 2)
+    tolerance = dict(rtol=1e-9, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(x_scipy, x_torch, **tolerance)
+    torch.testing.assert_close(
+        lp_scipy, lp_torch, **(tolerance if dtype == torch.float64 else dict(rtol=1e-4, atol=2e-2))
+    )
+
+
+def test_sample_and_log_prob_keeps_half_precision_and_cpu_tensors() -> None:
+    dist = TruncatedNormal(
+        torch.tensor([0.2, -0.9], dtype=torch.bfloat16), torch.tensor([0.3, 0.01]).bfloat16()
+    )
+    x, log_prob = dist.sample_and_log_prob((7,))
+    assert x.dtype == log_prob.dtype == torch.bfloat16 and x.shape == log_prob.shape == (7, 2)
+    assert torch.all(x >= -1.0) and torch.all(x <= 1.0) and torch.isfinite(log_prob).all()
+
+
+def _fused_and_reference(loc, scale, value):
+    """Values and (loc, scale, value) gradients of ``log_prob_and_entropy`` and of the plain-autograd reference."""
+    weights = torch.linspace(-1.0, 2.0, 2, dtype=loc.dtype)[:, None]
+    out = []
+    for fused in (True, False):
+        leaves = [t.clone().requires_grad_(True) for t in (loc, scale, value)]
+        if fused:
+            stats_ = torch.stack(TruncatedNormal(leaves[0], leaves[1]).log_prob_and_entropy(leaves[2]))
+        else:
+            stats_ = _reference_statistics(leaves[0], leaves[1], leaves[2])[:2]
+        (stats_ * weights).sum().backward()
+        out.append((stats_.detach(), [leaf.grad for leaf in leaves]))
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_log_prob_and_entropy_match_the_reference_in_values_and_gradients(dtype: torch.dtype) -> None:
+    loc = torch.tensor([c[0] for c in CASES] + [0.999, -0.5], dtype=dtype)
+    scale = torch.tensor([c[1] for c in CASES] + [0.02, 3.0], dtype=dtype)
+    value = (loc + 0.5 * scale).clamp(-1.0, 1.0)
+    (fused, fused_grads), (reference, reference_grads) = _fused_and_reference(loc, scale, value)
+    tolerance = dict(rtol=1e-7, atol=1e-9) if dtype == torch.float64 else dict(rtol=2e-3, atol=2e-3)
+    torch.testing.assert_close(fused, reference, **tolerance)
+    for grad, expected in zip(fused_grads, reference_grads, strict=True):
+        assert torch.isfinite(grad).all()
+        torch.testing.assert_close(grad, expected, **tolerance)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    loc=st.floats(-1.0, 1.0),
+    log_scale=st.floats(-8.0, 3.0),
+    position=st.floats(0.0, 1.0),
+)
+def test_log_prob_and_entropy_gradients_match_the_reference_everywhere(
+    loc: float, log_scale: float, position: float
+) -> None:
+    loc_t = torch.tensor([loc], dtype=torch.float64)
+    scale_t = torch.tensor([math.exp(log_scale)], dtype=torch.float64)
+    # A point of the support around the location, where the density is not negligible.
+    value_t = (loc_t + (2.0 * position - 1.0) * scale_t).clamp(-1.0, 1.0)
+    (fused, fused_grads), (reference, reference_grads) = _fused_and_reference(loc_t, scale_t, value_t)
+    torch.testing.assert_close(fused, reference, rtol=1e-7, atol=1e-8)
+    for grad, expected in zip(fused_grads, reference_grads, strict=True):
+        torch.testing.assert_close(grad, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_log_prob_and_entropy_pass_gradcheck() -> None:
+    from era_core.truncated_normal import _LogProbAndEntropy
+
+    loc = torch.tensor([0.0, 0.9, -0.99, 0.3, 2.0], dtype=torch.float64, requires_grad=True)
+    scale = torch.tensor([1.0, 0.3, 0.05, 4.0, 0.5], dtype=torch.float64, requires_grad=True)
+    value = torch.tensor([0.2, 0.8, -0.95, -0.7, 0.9], dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda *a: _LogProbAndEntropy.apply(*a, -1.0, 1.0), (loc, scale, value))
+
+
+def test_log_prob_is_one_node_that_agrees_with_the_graph_free_path() -> None:
+    loc = torch.tensor([0.1, -0.7, 0.95], requires_grad=True)
+    scale = torch.tensor([0.2, 0.5, 0.01], requires_grad=True)
+    value = torch.tensor([0.0, -1.0, 1.0])
+    dist = TruncatedNormal(loc, scale)
+    log_prob = dist.log_prob(value)
+    assert type(log_prob.grad_fn).__name__ == "_LogProbAndEntropyBackward"
+    with torch.no_grad():
+        torch.testing.assert_close(log_prob.detach(), TruncatedNormal(loc, scale).log_prob(value))
+    # Outside the support: -inf, and no gradient from there.
+    outside = TruncatedNormal(loc, scale, validate_args=False).log_prob(torch.tensor([0.0, 0.0, 1.5]))
+    assert torch.isneginf(outside[2]) and torch.isfinite(outside[:2]).all()
+    outside[:2].sum().backward()
+    assert scale.grad[2] == 0.0 and loc.grad[2] == 0.0
+
+
+def test_log_prob_and_entropy_fall_back_for_tensor_bounds_and_broadcast_values() -> None:
+    loc = torch.tensor([0.1, -0.4], requires_grad=True)
+    scale = torch.tensor([0.3, 0.6])
+    dist = TruncatedNormal(loc, scale, low=torch.tensor([-2.0, 0.0]), high=1.0)
+    log_prob, entropy = dist.log_prob_and_entropy(torch.tensor([0.5, 0.5]))
+    torch.testing.assert_close(log_prob, dist.log_prob(torch.tensor([0.5, 0.5])))
+    torch.testing.assert_close(entropy, dist.entropy())
+    unit = TruncatedNormal(loc, scale)
+    values = torch.tensor([[0.0, 0.2], [0.5, -0.9], [1.0, -1.0]])
+    log_prob, entropy = unit.log_prob_and_entropy(values)
+    assert log_prob.shape == (3, 2) and entropy.shape == (2,)
+    torch.testing.assert_close(log_prob, unit.log_prob(values))
+    with pytest.raises(ValueError, match="support"):
+        TruncatedNormal(loc, scale, validate_args=True).log_prob_and_entropy(torch.tensor([0.0, 1.5]))

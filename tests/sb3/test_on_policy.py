@@ -7,7 +7,7 @@ import pytest
 import torch as th
 from sb3_contrib import RecurrentPPO
 from sb3_era_envs import TINY_NET, ReachTargetEnv
-from stable_baselines3 import PPO
+from stable_baselines3 import A2C, PPO
 from stable_baselines3.common.distributions import SquashedDiagGaussianDistribution
 
 from era_core import categorical_entropy, gaussian_entropy
@@ -229,3 +229,47 @@ def test_rollout_log_probs_are_those_the_update_computes_for_the_same_actions():
     _, update_log_prob, _ = model.policy.evaluate_actions(obs, actions)
     assert th.isfinite(rollout_log_prob).all()
     th.testing.assert_close(rollout_log_prob, update_log_prob.detach(), rtol=1e-5, atol=1e-4)
+
+
+def _learn_recording_entropy_graphs(algo, monkeypatch, host_train=None, **kwargs):
+    """Parameters after ``learn`` (several updates), and whether each entropy of the updates had a graph."""
+    seen = []
+    original = TruncatedNormalDistribution.entropy
+
+    def entropy(self):
+        value = original(self)
+        if th.is_grad_enabled():  # an update's (the logging's measurements run without gradient)
+            seen.append(value.requires_grad)
+        return value
+
+    monkeypatch.setattr(TruncatedNormalDistribution, "entropy", entropy)
+    if host_train is not None:
+        monkeypatch.setattr(algo, "train", host_train)
+    model = algo(
+        "MlpPolicy",
+        ReachTargetEnv(),
+        policy_kwargs=dict(net_arch=TINY_NET),
+        seed=0,
+        **ON_POLICY_KWARGS[algo],
+        **kwargs,
+    ).learn(512)
+    monkeypatch.undo()
+    return [p.detach().clone() for p in model.policy.parameters()], seen
+
+
+@pytest.mark.parametrize(("algo", "host"), [(ERAPPO, PPO), (ERAA2C, A2C)], ids=["ERAPPO", "ERAA2C"])
+def test_entropy_without_graph_at_zero_ent_coef_changes_no_gradient(algo, host, monkeypatch):
+    # ent_coef=0: the loss holds 0 * entropy, so computing the entropy without a graph must leave every
+    # parameter bit-identical after all the updates (same seed, same rollouts, same minibatches).
+    fast, fast_seen = _learn_recording_entropy_graphs(algo, monkeypatch)
+    reference, reference_seen = _learn_recording_entropy_graphs(algo, monkeypatch, host_train=host.train)
+    assert fast_seen and not any(fast_seen) and reference_seen and all(reference_seen)
+    assert len(fast) == len(reference)
+    for got, expected in zip(fast, reference, strict=True):
+        assert th.equal(got, expected)
+
+
+@pytest.mark.filterwarnings("ignore:ent_coef=")
+def test_entropy_keeps_its_graph_where_the_loss_reads_it(monkeypatch):
+    _, seen = _learn_recording_entropy_graphs(ERAPPO, monkeypatch, ent_coef=0.01)
+    assert seen and all(seen)
