@@ -8,7 +8,9 @@ entropy measurement included) for PPO and PPO-ERA. Whole ``learn()`` of SAC: env
 and SAC-ERA (truncated) with SB3's defaults (one gradient step per env step) on ``--learn-env`` (Hopper-v5),
 rollout and updates together. Same environment, network and seed for all; the models are timed interleaved
 (the order rotates each repeat) and the medians of the repeats are compared: ratio = ERA throughput /
-baseline throughput (goal: within 2%, i.e. ratio >= 0.98).
+baseline throughput (goal: within 2%, i.e. ratio >= 0.98). Beside it, the median (and range) of the
+per-repeat ratios, each pair timed within one rotation, which a slow drift of the machine's load does not
+move.
 
 ``--clock cpu`` (the default on a CPU) times the process's CPU time instead of the wall clock, so that other
 programs sharing the machine's cores do not enter the measurement; on a GPU the wall clock is used.
@@ -155,6 +157,11 @@ def _rows(
     group: str, metric: str, samples: dict[str, list[float]], baseline: str, control: str | None
 ) -> list:
     medians = {name: statistics.median(values) for name, values in samples.items()}
+    # Per-repeat ratios: each pair is timed within one rotation, so a slow drift of the machine's load cancels.
+    paired = {
+        name: [value / reference for value, reference in zip(values, samples[baseline], strict=True)]
+        for name, values in samples.items()
+    }
     return [
         {
             "group": group,
@@ -163,6 +170,8 @@ def _rows(
             "median": medians[name],
             "samples": samples[name],
             "ratio_vs_baseline": medians[name] / medians[baseline],
+            "paired_ratios_vs_baseline": paired[name],
+            "paired_ratio_median": statistics.median(paired[name]),
             "ratio_vs_control": None if control is None else medians[name] / medians[control],
         }
         for name in samples
@@ -244,7 +253,10 @@ def main() -> None:
         )
         rows += _rows("off-policy-learn", "env steps/s", learn_samples, LEARN_BASELINE, None)
 
-    header = f"{'model':<28} {'metric':<17} {'median':>9} {'vs baseline':>12} {'vs ent_coef=0':>14} {'within 2%':>10}"
+    header = (
+        f"{'model':<28} {'metric':<17} {'median':>9} {'vs baseline':>12} {'paired (min-max)':>20} "
+        f"{'vs ent_coef=0':>14} {'within 2%':>10}"
+    )
     print(
         f"{args.env} (learn(): {args.learn_env}), {args.repeats} interleaved repeats, {args.threads} thread(s), "
         f"device {args.device}, {args.clock} clock"
@@ -254,9 +266,11 @@ def main() -> None:
     for row in rows:
         control = "" if row["ratio_vs_control"] is None else f"{row['ratio_vs_control']:.3f}"
         within = str(row["ratio_vs_baseline"] >= GOAL_RATIO) if "ERA" in row["model"] else ""
+        pairs = row["paired_ratios_vs_baseline"]
+        paired = f"{row['paired_ratio_median']:.3f} ({min(pairs):.2f}-{max(pairs):.2f})"
         print(
             f"{row['model']:<28} {row['metric']:<17} {row['median']:>9.1f} {row['ratio_vs_baseline']:>12.3f} "
-            f"{control:>14} {within:>10}"
+            f"{paired:>20} {control:>14} {within:>10}"
         )
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
