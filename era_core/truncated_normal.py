@@ -135,6 +135,7 @@ def _scipy_ops() -> type | None:
         ndtri_exp = staticmethod(special.ndtri_exp)
         where = staticmethod(np.where)
         minimum = staticmethod(np.minimum)
+        asarray = staticmethod(np.asarray)
 
         @staticmethod
         def clip(x: np.ndarray, low: float, high: float) -> np.ndarray:
@@ -499,9 +500,9 @@ class TruncatedNormal(Distribution):
             x, log_prob = _sample_and_log_prob_in_interval(
                 scipy_ops, loc, scale, center, half_width, scipy_ops.clip(u, eps, 1.0 - eps)
             )
-            numpy_dtype = _NUMPY_DTYPES.get(self._out_dtype)
-            if numpy_dtype is not None:
-                return torch.from_numpy(x.astype(numpy_dtype)), torch.from_numpy(log_prob.astype(numpy_dtype))
+            # Cast in NumPy where it has the dtype (half precision: by torch); 0-d results come back as scalars.
+            numpy_dtype = _NUMPY_DTYPES.get(self._out_dtype, "float64")
+            x, log_prob = (scipy_ops.asarray(t, dtype=numpy_dtype) for t in (x, log_prob))
             return torch.from_numpy(x).to(self._out_dtype), torch.from_numpy(log_prob).to(self._out_dtype)
         x, log_prob = _sample_and_log_prob_in_interval(
             _TorchOps,

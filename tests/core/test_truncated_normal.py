@@ -463,3 +463,12 @@ def test_log_prob_and_entropy_fall_back_for_tensor_bounds_and_broadcast_values()
     torch.testing.assert_close(log_prob, unit.log_prob(values))
     with pytest.raises(ValueError, match="support"):
         TruncatedNormal(loc, scale, validate_args=True).log_prob_and_entropy(torch.tensor([0.0, 1.5]))
+
+
+@pytest.mark.parametrize("shape", [(), (3,)])
+def test_sample_and_log_prob_of_scalar_parameters(sample_backend: str, shape: tuple) -> None:
+    for dist in (TruncatedNormal(torch.tensor(0.3), torch.tensor(0.5)), TruncatedNormal(0.3, 0.5)):
+        x, log_prob = dist.sample_and_log_prob(shape)
+        assert x.shape == log_prob.shape == shape and x.dtype == log_prob.dtype == torch.float32
+        assert torch.all(x.abs() <= 1.0)
+        torch.testing.assert_close(log_prob, dist.log_prob(x), rtol=1e-5, atol=1e-5)
