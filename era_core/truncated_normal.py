@@ -19,10 +19,6 @@ from torch.distributions.utils import broadcast_all
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 _HALF_LOG_2PI_E = 0.5 * math.log(2.0 * math.pi * math.e)
-# The smallest normal number of the float dtypes the one-pass sample computes in, by item size.
-_TINY = {4: torch.finfo(torch.float32).tiny, 8: torch.finfo(torch.float64).tiny}
-# The output dtypes NumPy has, by name (half precision is cast by torch).
-_NUMPY_DTYPES = {torch.float32: "float32", torch.float64: "float64"}
 
 
 def _log1mexp(x: torch.Tensor) -> torch.Tensor:
@@ -107,10 +103,6 @@ class _TorchOps:
     where = staticmethod(torch.where)
     clip = staticmethod(torch.clamp)
 
-    @staticmethod
-    def minimum(x: torch.Tensor, bound: float) -> torch.Tensor:
-        return x.clamp(max=bound)
-
 
 @functools.cache
 def _scipy_ops() -> type | None:
@@ -134,7 +126,6 @@ def _scipy_ops() -> type | None:
         log_ndtr = staticmethod(special.log_ndtr)
         ndtri_exp = staticmethod(special.ndtri_exp)
         where = staticmethod(np.where)
-        minimum = staticmethod(np.minimum)
         asarray = staticmethod(np.asarray)
 
         @staticmethod
@@ -163,8 +154,8 @@ def _sample_and_log_prob_in_interval(ops, loc, scale, center: float, half_width:
     log_phi_a = ops.log_ndtr((-half_width - distance) / scale)
     log_phi_b = ops.log_ndtr((half_width - distance) / scale)
     log_z = log_phi_b + ops.log(-ops.expm1(log_phi_a - log_phi_b))
-    # Kept below 0, where the quantile is finite (log Z rounds to 0 for an interval holding all the mass).
-    log_p = ops.minimum(ops.logaddexp(log_phi_a, ops.log(u) + log_z), -_TINY[u.dtype.itemsize])
+    # Below 0, where the quantile is finite: u <= 1 - eps keeps Phi(a) + u Z below Phi(b) <= 1 even rounded.
+    log_p = ops.logaddexp(log_phi_a, ops.log(u) + log_z)
     z = ops.ndtri_exp(log_p)
     z = ops.where(mirrored, -z, z)
     x = ops.clip(loc + scale * z, center - half_width, center + half_width)
@@ -500,18 +491,17 @@ class TruncatedNormal(Distribution):
             x, log_prob = _sample_and_log_prob_in_interval(
                 scipy_ops, loc, scale, center, half_width, scipy_ops.clip(u, eps, 1.0 - eps)
             )
-            # Cast in NumPy where it has the dtype (half precision: by torch); 0-d results come back as scalars.
-            numpy_dtype = _NUMPY_DTYPES.get(self._out_dtype, "float64")
-            x, log_prob = (scipy_ops.asarray(t, dtype=numpy_dtype) for t in (x, log_prob))
-            return torch.from_numpy(x).to(self._out_dtype), torch.from_numpy(log_prob).to(self._out_dtype)
-        x, log_prob = _sample_and_log_prob_in_interval(
-            _TorchOps,
-            self.loc.expand(shape),
-            self.scale.expand(shape),
-            center,
-            half_width,
-            u.clamp_(eps, 1.0 - eps),
-        )
+            # 0-d results come back from NumPy as scalars.
+            x, log_prob = (torch.from_numpy(scipy_ops.asarray(t)) for t in (x, log_prob))
+        else:
+            x, log_prob = _sample_and_log_prob_in_interval(
+                _TorchOps,
+                self.loc.expand(shape),
+                self.scale.expand(shape),
+                center,
+                half_width,
+                u.clamp_(eps, 1.0 - eps),
+            )
         return x.to(self._out_dtype), log_prob.to(self._out_dtype)
 
     def rsample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:

@@ -368,7 +368,7 @@ def test_sample_and_log_prob_backends_agree_draw_for_draw(dtype: torch.dtype) ->
     )
 
 
-def test_sample_and_log_prob_keeps_half_precision_and_cpu_tensors() -> None:
+def test_sample_and_log_prob_keeps_half_precision_and_cpu_tensors(sample_backend: str) -> None:
     dist = TruncatedNormal(
         torch.tensor([0.2, -0.9], dtype=torch.bfloat16), torch.tensor([0.3, 0.01]).bfloat16()
     )
@@ -472,3 +472,73 @@ def test_sample_and_log_prob_of_scalar_parameters(sample_backend: str, shape: tu
         assert x.shape == log_prob.shape == shape and x.dtype == log_prob.dtype == torch.float32
         assert torch.all(x.abs() <= 1.0)
         torch.testing.assert_close(log_prob, dist.log_prob(x), rtol=1e-5, atol=1e-5)
+
+
+def _formula_namespaces(monkeypatch: pytest.MonkeyPatch) -> list:
+    """Record the array namespace each one-pass sample computes with."""
+    seen = []
+    formula = truncated_normal._sample_and_log_prob_in_interval
+
+    def spy(ops, *args):
+        seen.append(ops)
+        return formula(ops, *args)
+
+    monkeypatch.setattr(truncated_normal, "_sample_and_log_prob_in_interval", spy)
+    return seen
+
+
+def test_cpu_rollouts_take_the_scipy_path_unless_compiled_or_traced(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = _formula_namespaces(monkeypatch)
+    dist = TruncatedNormal(torch.tensor([0.2, -0.3]), torch.tensor([0.5, 0.1]))
+    dist.sample_and_log_prob()
+    assert seen == [truncated_normal._scipy_ops()] and seen[0] is not None
+    for flag in ("torch.compiler.is_compiling", "torch.jit.is_tracing"):
+        with mock.patch(flag, lambda: True):
+            dist.sample_and_log_prob()
+        assert seen[-1] is truncated_normal._TorchOps
+    # Tensor bounds take the two-call route (rsample + log_prob), whatever the backend.
+    rsample = mock.Mock(wraps=TruncatedNormal.rsample)
+    monkeypatch.setattr(TruncatedNormal, "rsample", lambda self, *a: rsample(self, *a))
+    for low, high in ((torch.tensor([-1.0, -2.0]), 1.0), (-1.0, torch.tensor([1.0, 0.5]))):
+        x, log_prob = TruncatedNormal(
+            torch.tensor([0.2, -0.3]), torch.tensor([0.5, 0.1]), low, high
+        ).sample_and_log_prob()
+        assert torch.isfinite(log_prob).all() and torch.all(x <= torch.as_tensor(high))
+    assert rsample.call_count == 2 and len(seen) == 3
+
+
+def test_log_prob_keeps_the_parameters_dtype_and_is_minus_infinity_outside_the_support() -> None:
+    loc, scale = torch.tensor([0.1, -0.5]), torch.tensor([0.3, 0.2])
+    value = torch.tensor([0.3, -1.5], dtype=torch.float64)
+    for grad in (False, True):
+        with torch.set_grad_enabled(grad):
+            dist = TruncatedNormal(loc.clone().requires_grad_(grad), scale, validate_args=False)
+            log_prob = dist.log_prob(value)
+            assert (
+                log_prob.dtype == torch.float32
+                and torch.isneginf(log_prob[1])
+                and torch.isfinite(log_prob[0])
+            )
+            assert all(t.dtype == torch.float32 for t in dist.log_prob_and_entropy(value))
+    half = TruncatedNormal(loc.bfloat16().requires_grad_(True), scale.bfloat16())
+    assert half.log_prob(value[:1].expand(2).float()).dtype == torch.bfloat16
+    assert [t.dtype for t in half.log_prob_and_entropy(value[:1].expand(2).float())] == [torch.bfloat16] * 2
+
+
+def test_log_prob_and_entropy_is_one_node_and_broadcast_values_get_the_reference_gradient() -> None:
+    loc = torch.tensor([0.1, -0.4], requires_grad=True)
+    scale = torch.tensor([0.3, 0.6], requires_grad=True)
+    log_prob, entropy = TruncatedNormal(loc, scale).log_prob_and_entropy(torch.tensor([0.5, 0.5]))
+    assert type(log_prob.grad_fn).__name__ == type(entropy.grad_fn).__name__ == "_LogProbAndEntropyBackward"
+    values = torch.tensor([[0.0, 0.2], [0.5, -0.9], [1.0, -1.0]])
+    grads = []
+    for method in ("log_prob_and_entropy", "two calls"):
+        loc.grad = scale.grad = None
+        dist = TruncatedNormal(loc, scale)
+        if method == "two calls":  # autograd through the broadcast log_prob and the entropy
+            log_prob, entropy = dist.log_prob(values), dist.entropy()
+        else:
+            log_prob, entropy = dist.log_prob_and_entropy(values)
+        (log_prob.sum() + entropy.sum()).backward()
+        grads.append((loc.grad.clone(), scale.grad.clone()))
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-5)
