@@ -542,3 +542,22 @@ def test_log_prob_and_entropy_is_one_node_and_broadcast_values_get_the_reference
         (log_prob.sum() + entropy.sum()).backward()
         grads.append((loc.grad.clone(), scale.grad.clone()))
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_sample_and_log_prob_clamp_the_uniform_draw_like_rsample(
+    sample_backend: str, dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # torch.rand can return 0 and values above 1 - eps; the draw is used as clamp(u, eps, 1 - eps), as in rsample.
+    eps = torch.finfo(dtype).eps
+    draws = torch.tensor([0.0, 1.0 - eps / 2, 0.5, 0.0, 1.0 - eps / 2, 0.25], dtype=dtype)
+    monkeypatch.setattr(torch, "rand", lambda shape, **kwargs: draws.reshape(shape).clone())
+    loc = torch.tensor([0.3, 0.3, 0.3, -0.6, -0.6, -0.6], dtype=dtype)
+    scale = torch.tensor([0.2, 0.2, 0.2, 0.5, 0.5, 0.5], dtype=dtype)
+    x, log_prob = TruncatedNormal(loc, scale).sample_and_log_prob()
+    u = draws.double().clamp(eps, 1.0 - eps)
+    reference = TruncatedNormal(loc.double(), scale.double())
+    expected = reference.icdf(torch.where(loc.double() < 0.0, 1.0 - u, u))
+    tolerance = dict(rtol=1e-12, atol=1e-14) if dtype == torch.float64 else dict(rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(x.double(), expected, **tolerance)
+    assert torch.all(x.abs() < 1.0) and torch.isfinite(log_prob).all()
