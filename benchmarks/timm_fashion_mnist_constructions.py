@@ -212,7 +212,8 @@ def markdown_table(args: argparse.Namespace, summary: dict[str, dict], missing: 
     }
     lines = [
         f"{args.dataset} test set, `{args.model}`, {args.epochs} epochs; mean ± std over the finished seeds "
-        f"(± n/a: one seed). Not finished yet: {', '.join(missing) if missing else 'none'}.",
+        f"(± n/a: one seed). "
+        + (f"Not finished yet: {', '.join(missing)}." if missing else "Every run of the protocol finished."),
         "",
         "| arm | seeds | " + " | ".join(headers[k] for k in METRICS) + " |",
         "|---|---|" + "---|" * len(METRICS),
