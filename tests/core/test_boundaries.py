@@ -4,17 +4,27 @@ Each test pins one edge: a bound that is inclusive or exclusive, a documented de
 a gradient that must reach every input that asks for it, a sample that rounding would push off the support.
 """
 
+import math
+import re
+
 import pytest
 import torch
 
+import era_core.softmax as softmax_module
 from era_core import (
     BatchGaussianERA,
+    GaussianERA,
+    SoftmaxERA,
     TruncatedNormal,
     logit_factors_from_response_entropy,
+    max_feasible_target,
+    max_probability,
     response_logit_factors,
+    smallest_entropy,
+    softmax_era_logits,
     top_entropy_mean,
 )
-from era_core.gaussian import LOG_2PI_E
+from era_core.gaussian import LOG_2PI_E, check_gaussian_era_args
 from era_core.llm import (
     OUTSIDE_TOPK_LOGPROB,
     check_response_era_args,
@@ -22,6 +32,7 @@ from era_core.llm import (
     response_factor_values,
     topk_token_logprob,
 )
+from era_core.softmax import _newton_steps
 from era_core.truncated_normal import _ReparameterizedSample
 
 # (loc, scale) pairs far outside [-1, 1] whose float32 quantile ``loc + scale * z`` rounds past a bound
@@ -175,3 +186,106 @@ def test_rsample_keeps_its_uniform_draw_inside_eps_and_one_minus_eps(drawn, monk
     expected = dist.icdf(torch.tensor([min(max(drawn, F32_EPS), 1.0 - F32_EPS)]))
     torch.testing.assert_close(sample, expected, rtol=0.0, atol=1e-6)
     assert not torch.equal(sample, dist.icdf(torch.tensor([drawn])))
+
+
+# --- Third run (2026-11-30): era_core.gaussian --------------------------------------------------------
+
+
+def test_batch_variant_accepts_the_largest_feasible_target() -> None:
+    # The batch variant has no compensation: its feasibility check must not assume one (delta defaults to 0).
+    largest = max_feasible_target(3, 0.5)
+    assert BatchGaussianERA(3, target_entropy=largest, log_std_max=0.5).target_entropy == largest
+    check_gaussian_era_args(3, largest, -8.0, 0.5)
+
+
+@pytest.mark.parametrize(("log_std_min", "log_std_max"), [(-math.inf, 0.0), (-8.0, math.inf)])
+def test_infinite_log_std_bounds_are_refused(log_std_min: float, log_std_max: float) -> None:
+    with pytest.raises(ValueError, match="need finite log_std_min < log_std_max"):
+        GaussianERA(2, log_std_min=log_std_min, log_std_max=log_std_max)
+
+
+def test_a_compensation_that_makes_the_target_infeasible_is_refused_and_named() -> None:
+    largest = max_feasible_target(2, 0.0)
+    GaussianERA(2, target_entropy=largest - 0.5, delta=0.5)  # exactly at the cap: allowed
+    with pytest.raises(ValueError, match=r"target_entropy=\S+ with delta=0.6 is above the largest feasible"):
+        GaussianERA(2, target_entropy=largest - 0.5, delta=0.6)
+    too_high = largest + 0.1
+    with pytest.raises(ValueError, match=rf"^target_entropy={re.escape(str(too_high))} is above the largest"):
+        GaussianERA(2, target_entropy=too_high)
+
+
+@pytest.mark.parametrize("learn_delta", [True, False])
+def test_learn_delta_is_kept_and_shown(learn_delta: bool) -> None:
+    era = GaussianERA(2, learn_delta=learn_delta)
+    assert era.learn_delta is learn_delta
+    assert f"learn_delta={learn_delta}" in repr(era)
+
+
+def test_compensation_loss_keeps_the_compensation_dtype() -> None:
+    # float64 log-probs (a float64 policy) must not turn the float32 delta's loss into float64.
+    era = GaussianERA(2, learn_delta=True)
+    loss = era.compensation_loss(torch.full((4,), 3.0, dtype=torch.float64))
+    assert loss.dtype == era.delta.dtype == torch.float32
+
+
+# --- Third run (2026-11-30): era_core.softmax ---------------------------------------------------------
+
+
+def test_mixture_in_bfloat16_is_computed_in_float32() -> None:
+    era = SoftmaxERA(10, 0.6, construction="mixture")
+    logits = (torch.randn(16, 10, generator=torch.Generator().manual_seed(0)) * 4).to(torch.bfloat16)
+    assert torch.equal(era(logits), era(logits.float()).to(torch.bfloat16))
+
+
+@pytest.mark.parametrize("construction", ["paper", "mixture", "calibrated"])
+def test_functional_form_on_3d_logits_is_the_module_per_row(construction: str) -> None:
+    # (B, T, C) logits: the class count and the softmax come from the last dimension, with the construction given.
+    logits = torch.randn(2, 3, 10, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 4
+    era = SoftmaxERA(10, 0.6, construction=construction)
+    expected = era(logits.reshape(6, 10)).reshape(2, 3, 10)
+    torch.testing.assert_close(softmax_era_logits(logits, 0.6, construction=construction), expected)
+    torch.testing.assert_close(era(logits), expected)
+
+
+def test_calibrated_floor_that_cannot_be_resolved_is_refused(monkeypatch) -> None:
+    # Too few bisection steps stand in for a floor float64 cannot resolve: the solver's check must refuse it.
+    monkeypatch.setattr(softmax_module, "_BISECTION_STEPS", 3)
+    with pytest.raises(ValueError, match=r"construction='calibrated' cannot resolve min_entropy=0\.6"):
+        SoftmaxERA(10, 0.6, construction="calibrated")
+
+
+def test_wrong_class_count_error_names_the_shape_it_got() -> None:
+    with pytest.raises(
+        ValueError, match=r"expected logits with 10 classes in the last dim, got shape .*\[2, 5\]"
+    ):
+        SoftmaxERA(10, 0.6)(torch.zeros(2, 5))
+
+
+def test_newton_step_count_refuses_an_unknown_inverse() -> None:
+    assert (_newton_steps("approx"), _newton_steps("newton")) == (0, softmax_module.NEWTON_STEPS)
+    with pytest.raises(ValueError, match=r"inverse must be one of \('approx', 'newton'\), got 'exact'"):
+        _newton_steps("exact")
+
+
+@pytest.mark.parametrize("construction", ["paper", "mixture", "calibrated"])
+def test_softmax_era_keeps_and_shows_its_arguments(construction: str) -> None:
+    tau, inverse = (4.0, "approx") if construction == "mixture" else (6.0, "newton")
+    era = SoftmaxERA(10, 0.75, tau=tau, inverse=inverse, construction=construction)
+    assert (era.num_classes, era.min_entropy, era.tau, era.inverse, era.construction) == (
+        10,
+        0.75,
+        tau,
+        inverse,
+        construction,
+    )
+    assert repr(era) == (
+        f"SoftmaxERA(num_classes=10, min_entropy=0.75, tau={tau}, inverse={inverse!r}, "
+        f"construction={construction!r})"
+    )
+
+
+def test_smallest_entropy_of_a_floor_below_float64_resolution_is_about_zero() -> None:
+    # The one-hot output's top probability rounds to 1 (the rest to 0): its entropy evaluates to about 0,
+    # without taking the logarithm of 0.
+    assert smallest_entropy(10, 1e-16, construction="mixture") == pytest.approx(0.0, abs=1e-15)
+    assert max_probability(10, 1e-16, construction="mixture") == 1.0
