@@ -16,11 +16,13 @@ from era_core import (
     GaussianERA,
     SoftmaxERA,
     TruncatedNormal,
+    check_softmax_era_args,
     logit_factors_from_response_entropy,
     max_feasible_target,
     max_probability,
     response_logit_factors,
     smallest_entropy,
+    softmax_era_feasible_range,
     softmax_era_logits,
     top_entropy_mean,
 )
@@ -231,8 +233,9 @@ def test_compensation_loss_keeps_the_compensation_dtype() -> None:
 # --- Third run (2026-11-30): era_core.softmax ---------------------------------------------------------
 
 
-def test_mixture_in_bfloat16_is_computed_in_float32() -> None:
-    era = SoftmaxERA(10, 0.6, construction="mixture")
+@pytest.mark.parametrize("construction", ["paper", "mixture"])
+def test_bfloat16_logits_are_computed_in_float32(construction: str) -> None:
+    era = SoftmaxERA(10, 0.6, construction=construction)
     logits = (torch.randn(16, 10, generator=torch.Generator().manual_seed(0)) * 4).to(torch.bfloat16)
     assert torch.equal(era(logits), era(logits.float()).to(torch.bfloat16))
 
@@ -289,3 +292,36 @@ def test_smallest_entropy_of_a_floor_below_float64_resolution_is_about_zero() ->
     # without taking the logarithm of 0.
     assert smallest_entropy(10, 1e-16, construction="mixture") == pytest.approx(0.0, abs=1e-15)
     assert max_probability(10, 1e-16, construction="mixture") == 1.0
+
+
+def test_public_argument_check_defaults_to_the_paper_construction() -> None:
+    low, high = softmax_era_feasible_range(10)
+    check_softmax_era_args(10, high)  # the paper's interval is closed at ln C's side: allowed
+    with pytest.raises(ValueError, match=r"construction='paper' and tau=4.0: the feasible interval"):
+        check_softmax_era_args(10, low)
+
+
+def test_tau_exactly_e_is_refused() -> None:
+    with pytest.raises(ValueError, match="tau must be a finite number above e"):
+        SoftmaxERA(10, 0.6, tau=math.e)
+
+
+def test_paper_floor_exactly_at_the_open_low_end_is_refused() -> None:
+    # At the low end the smallest share is 0 (spec 2): excluded.
+    low, _ = softmax_era_feasible_range(10)
+    with pytest.raises(ValueError, match="is infeasible"):
+        SoftmaxERA(10, low)
+
+
+@pytest.mark.parametrize(
+    ("construction", "names"),
+    [
+        ("paper", "construction='paper' and tau=6.0: "),
+        ("calibrated", "construction='calibrated' and tau=6.0: "),
+        ("mixture", "construction='mixture': "),
+    ],
+)
+def test_infeasible_floor_error_names_tau_only_where_it_is_used(construction: str, names: str) -> None:
+    tau = 4.0 if construction == "mixture" else 6.0
+    with pytest.raises(ValueError, match=re.escape(f"num_classes=10, {names}the feasible interval")):
+        SoftmaxERA(10, 5.0, tau=tau, construction=construction)
