@@ -20,6 +20,7 @@ from era_core import (
     logit_factors_from_response_entropy,
     max_feasible_target,
     max_probability,
+    ndtri_exp,
     response_logit_factors,
     smallest_entropy,
     softmax_era_feasible_range,
@@ -325,3 +326,96 @@ def test_infeasible_floor_error_names_tau_only_where_it_is_used(construction: st
     tau = 4.0 if construction == "mixture" else 6.0
     with pytest.raises(ValueError, match=re.escape(f"num_classes=10, {names}the feasible interval")):
         SoftmaxERA(10, 5.0, tau=tau, construction=construction)
+
+
+# --- Third run (2026-11-30): era_core.truncated_normal ------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_ndtri_exp_just_below_the_smallest_normal_level_is_exact(dtype: torch.dtype) -> None:
+    # Below the smallest normal level the quantile comes from an asymptotic start refined by Newton steps; the
+    # start alone is off by up to 9e-5 (float32) / 2e-6 (float64) relative, the refined value by under 2 ulps.
+    from scipy import special
+
+    tiny_log = math.log(torch.finfo(dtype).tiny) + 1.0
+    log_p = torch.tensor([tiny_log - 0.5, tiny_log - 5.0, 2.0 * tiny_log, 10.0 * tiny_log], dtype=dtype)
+    expected = torch.tensor([special.ndtri_exp(v) for v in log_p.double().tolist()], dtype=torch.float64)
+    rtol = 2e-7 if dtype == torch.float32 else 1e-13
+    torch.testing.assert_close(ndtri_exp(log_p).double(), expected, rtol=rtol, atol=0.0)
+
+
+def _one_pass_sample(dist: TruncatedNormal, drawn: float, monkeypatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """``dist.sample_and_log_prob()`` with ``torch.rand`` drawing ``drawn`` everywhere."""
+    monkeypatch.setattr(torch, "rand", lambda shape, **kwargs: torch.full(shape, drawn, **kwargs))
+    try:
+        return dist.sample_and_log_prob()
+    finally:
+        monkeypatch.undo()
+
+
+# (loc, scale, u) whose float32 one-pass sample rounds past a bound before its clamp (found by a search).
+ONE_PASS_ROUNDS_BELOW_LOW = (-3.036581516265869, 0.00013091742584947497, F32_EPS)
+ONE_PASS_ROUNDS_ABOVE_HIGH = (2.313777446746826, 0.0002597356797195971, F32_EPS)
+
+
+@pytest.mark.parametrize("case", [ONE_PASS_ROUNDS_BELOW_LOW, ONE_PASS_ROUNDS_ABOVE_HIGH], ids=["low", "high"])
+def test_one_pass_samples_that_round_past_a_bound_are_clamped_onto_it(case, monkeypatch) -> None:
+    loc, scale, u = case
+    dist = TruncatedNormal(torch.tensor([loc]), torch.tensor([scale]), -1.0, 1.0)
+    x, log_prob = _one_pass_sample(dist, u, monkeypatch)
+    assert -1.0 <= x.item() <= 1.0 and math.isfinite(log_prob.item())
+
+
+@pytest.mark.parametrize(
+    ("loc", "scale", "drawn"),
+    [(0.0, 0.3, 0.0), (0.5, 0.2, 1.0 - F32_EPS / 2)],
+    ids=["zero", "largest-below-one"],
+)
+def test_one_pass_sampler_keeps_its_uniform_draw_inside_eps_and_one_minus_eps(
+    loc: float, scale: float, drawn: float, monkeypatch
+) -> None:
+    dist = TruncatedNormal(torch.tensor([loc]), torch.tensor([scale]))
+    x, _ = _one_pass_sample(dist, drawn, monkeypatch)
+    reference = TruncatedNormal(
+        torch.tensor([loc], dtype=torch.float64), torch.tensor([scale], dtype=torch.float64)
+    )
+    # loc at or above the middle: the one-pass sample is icdf(u) with u = drawn moved into [eps, 1 - eps].
+    clamped = min(max(drawn, F32_EPS), 1.0 - F32_EPS)
+    expected = reference.icdf(torch.tensor([clamped], dtype=torch.float64))
+    torch.testing.assert_close(x.double(), expected, rtol=0.0, atol=2e-7)
+    unclamped = reference.icdf(torch.tensor([drawn], dtype=torch.float64))
+    assert abs(x.item() - unclamped.item()) > 5e-7
+
+
+def test_one_pass_sample_near_the_top_keeps_the_upper_tail_exact(monkeypatch) -> None:
+    # A level p = 1 - 2e-6 in float32: its quantile must come from 1 - p = -expm1(log p) (exact); taken from p
+    # itself, which has lost most of those digits, the sample is off by 6e-6 (here it is within 3e-8).
+    loc, scale = torch.tensor([0.0]), torch.tensor([0.29])
+    x, _ = _one_pass_sample(TruncatedNormal(loc, scale), 1.0 - 2.0**-19, monkeypatch)
+    reference = TruncatedNormal(loc.double(), scale.double())
+    expected = reference.icdf(torch.tensor([1.0 - 2.0**-19], dtype=torch.float64))
+    torch.testing.assert_close(x.double(), expected, rtol=0.0, atol=5e-7)
+
+
+def test_one_pass_sample_and_log_prob_return_the_parameters_half_precision_dtype() -> None:
+    dist = TruncatedNormal(torch.zeros(3, dtype=torch.bfloat16), torch.ones(3, dtype=torch.bfloat16))
+    x, log_prob = dist.sample_and_log_prob((2,))
+    assert x.dtype == log_prob.dtype == torch.bfloat16
+    assert x.shape == log_prob.shape == (2, 3)
+
+
+def test_expand_expands_the_parameters() -> None:
+    dist = TruncatedNormal(
+        torch.tensor([0.2, -0.5]), torch.tensor([0.3, 0.1]), low=torch.tensor([-1.0, -0.5])
+    )
+    expanded = dist.expand((4, 2))
+    for value in (
+        expanded.loc,
+        expanded.scale,
+        expanded.low,
+        expanded.high,
+        expanded.mean,
+        expanded.variance,
+    ):
+        assert value.shape == (4, 2)
+    torch.testing.assert_close(expanded.mean, dist.mean.expand(4, 2))
