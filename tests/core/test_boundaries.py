@@ -36,7 +36,7 @@ from era_core.llm import (
     topk_token_logprob,
 )
 from era_core.softmax import _newton_steps
-from era_core.truncated_normal import _ReparameterizedSample
+from era_core.truncated_normal import _log1mexp, _ReparameterizedSample
 
 # (loc, scale) pairs far outside [-1, 1] whose float32 quantile ``loc + scale * z`` rounds past a bound
 # (found by a search over 200k pairs); ``u`` at the edge of rsample's uniform range.
@@ -419,3 +419,41 @@ def test_expand_expands_the_parameters() -> None:
     ):
         assert value.shape == (4, 2)
     torch.testing.assert_close(expanded.mean, dist.mean.expand(4, 2))
+
+
+def test_log1mexp_is_accurate_next_to_zero() -> None:
+    # log(1 - exp(x)) for x -> 0-: 1 - exp(x) formed directly would keep only ~6 of float64's digits at 1e-10.
+    x = torch.tensor([-1e-10, -1e-5, -0.5, -5.0], dtype=torch.float64)
+    expected = torch.tensor([math.log(-math.expm1(v)) for v in x.tolist()], dtype=torch.float64)
+    torch.testing.assert_close(_log1mexp(x), expected, rtol=1e-14, atol=0.0)
+
+
+def test_number_location_and_scale_make_a_scalar_distribution() -> None:
+    dist = TruncatedNormal(0.2, 0.5)
+    assert dist.batch_shape == () and dist.sample().shape == ()
+    assert -1.0 < dist.mean.item() < 1.0
+
+
+@pytest.mark.parametrize(
+    ("loc", "scale"), [(torch.tensor(0.2), torch.ones(3)), (torch.zeros(3), torch.tensor(0.5))]
+)
+def test_location_and_scale_of_different_shapes_are_broadcast(loc: torch.Tensor, scale: torch.Tensor) -> None:
+    dist = TruncatedNormal(loc, scale)
+    assert dist.batch_shape == dist.loc.shape == dist.scale.shape == (3,)
+    assert dist.sample((2,)).shape == (2, 3)
+
+
+@pytest.mark.parametrize("high", [torch.tensor([1.0, 0.5]), torch.tensor([1.0, 0.4])], ids=["equal", "below"])
+def test_tensor_bounds_with_low_not_below_high_are_refused(high: torch.Tensor) -> None:
+    with pytest.raises(ValueError, match="TruncatedNormal needs low < high everywhere"):
+        TruncatedNormal(torch.zeros(2), torch.ones(2), low=torch.tensor([-1.0, 0.5]), high=high)
+
+
+def test_quantile_of_level_one_has_a_finite_gradient() -> None:
+    # A level that rounds to 1 for a narrow distribution at the centre: the sample is the bound, the gradient 0.
+    loc = torch.tensor([0.0], dtype=torch.float64, requires_grad=True)
+    scale = torch.tensor([0.02], dtype=torch.float64, requires_grad=True)
+    x = TruncatedNormal(loc, scale).icdf(torch.tensor([1.0], dtype=torch.float64))
+    x.sum().backward()
+    assert x.item() == 1.0
+    assert torch.isfinite(loc.grad).all() and torch.isfinite(scale.grad).all()
