@@ -16,6 +16,7 @@ from era_core import (
     GaussianERA,
     SoftmaxERA,
     TruncatedNormal,
+    attainable_logit_factors,
     check_softmax_era_args,
     logit_factors_from_response_entropy,
     max_feasible_target,
@@ -450,10 +451,42 @@ def test_tensor_bounds_with_low_not_below_high_are_refused(high: torch.Tensor) -
 
 
 def test_quantile_of_level_one_has_a_finite_gradient() -> None:
-    # A level that rounds to 1 for a narrow distribution at the centre: the sample is the bound, the gradient 0.
+    # A level whose log rounds to 0 for a narrow distribution at the centre: a sample inside the support, with a
+    # finite gradient (the level is kept below 1 before the quantile).
     loc = torch.tensor([0.0], dtype=torch.float64, requires_grad=True)
     scale = torch.tensor([0.02], dtype=torch.float64, requires_grad=True)
     x = TruncatedNormal(loc, scale).icdf(torch.tensor([1.0], dtype=torch.float64))
     x.sum().backward()
-    assert x.item() == 1.0
+    assert 0.0 < x.item() <= 1.0
     assert torch.isfinite(loc.grad).all() and torch.isfinite(scale.grad).all()
+
+
+# --- Third run (2026-11-30): era_core.llm -------------------------------------------------------------
+
+
+def test_entropy_clamp_to_the_vocabulary_range_starts_at_zero() -> None:
+    # With vocab_size given, H_resp is clamped to [0, log V]: a small entropy (0.5 < lb) is still sharpened,
+    # a rounding error below 0 counts as 0, one above log V as log V.
+    h_resp = torch.tensor([0.5, -1e-7, math.log(4) + 1e-6])
+    factors = logit_factors_from_response_entropy(
+        h_resp, torch.ones(3, dtype=torch.bool), torch.ones(3), lb=0.8, ub=1.2, k=2.0, vocab_size=4
+    )
+    torch.testing.assert_close(factors, torch.tensor([2.0, 2.0, 0.5]))
+
+
+def test_largest_entropy_is_float32_whatever_the_default_dtype() -> None:
+    # An upper bound a hair below log(3) is log(3) in float32, where the entropies live: no float32 entropy
+    # exceeds it, so flattening is not attainable, whatever torch's default dtype.
+    ub = math.log(3) - 1e-9
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        factors = attainable_logit_factors(0.5, ub, 2.0, 3)
+    finally:
+        torch.set_default_dtype(previous)
+    assert factors == (2.0,)
+    largest = torch.tensor([math.log(3)], dtype=torch.float32)
+    given = logit_factors_from_response_entropy(
+        largest, torch.ones(1, dtype=torch.bool), torch.ones(1), lb=0.5, ub=ub, k=2.0, vocab_size=3
+    )
+    assert given.item() == 1.0
