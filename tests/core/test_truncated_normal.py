@@ -244,7 +244,7 @@ def _sample_and_log_prob_with_reference(loc, scale, low, high, seed, shape=(40,)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize(("low", "high"), [(-1.0, 1.0), (-2.0, 0.5)])
+@pytest.mark.parametrize(("low", "high"), [(-1.0, 1.0), (-2.0, 0.5), (0.0, 2.0)])
 def test_sample_and_log_prob_match_icdf_and_log_prob(
     dtype: torch.dtype, low: float, high: float, sample_backend: str
 ) -> None:

@@ -204,3 +204,57 @@ def test_forward_goes_through_the_era_head(arch) -> None:
         plain = timm_era.remove_era(copy.deepcopy(model))(images)
     torch.testing.assert_close(logits, model.era(plain))
     assert entropy(logits).min().item() >= 0.6
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(tau=5.0), "era_construction='mixture' takes neither"),
+        (dict(inverse="newton"), "era_construction='mixture' takes neither"),
+    ],
+)
+def test_mixture_head_refuses_the_paper_maps_settings(kwargs, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        timm_era.build_era_head(10, 0.6, construction="mixture", **kwargs)
+    assert timm_era.build_era_head(10, 0.6, construction="mixture").construction == "mixture"
+    with pytest.raises(
+        ValueError, match=r"era_construction must be one of \('paper', 'mixture', 'calibrated'\)"
+    ):
+        timm_era.build_era_head(10, 0.6, construction="exact")
+
+
+def test_reset_classifier_keeps_the_construction_and_passes_timms_arguments(images) -> None:
+    model = timm.create_model("resnet10t_era", num_classes=10, min_entropy=1.0)
+    timm_era.apply_era(model, min_entropy=1.0, tau=6.0, inverse="newton", construction="calibrated")
+    model.reset_classifier(5, "max")
+    assert (model.era.tau, model.era.inverse, model.era.construction) == (6.0, "newton", "calibrated")
+    assert model.global_pool.pool_type == "max"
+    model.reset_classifier(5, global_pool="avg")
+    assert model.global_pool.pool_type == "avg"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "recorded"),
+    [
+        (dict(), dict(min_entropy=0.8)),
+        (dict(tau=6.0, inverse="newton"), dict(min_entropy=0.8, era_tau=6.0, era_inverse="newton")),
+        (dict(construction="mixture"), dict(min_entropy=0.8, era_construction="mixture")),
+    ],
+)
+def test_model_args_record_the_era_settings_that_differ_from_the_defaults(kwargs, recorded) -> None:
+    # timm's save_for_hf exports _model_args: the ERA settings must be there to rebuild the same head.
+    model = timm.create_model("resnet10t", num_classes=10)
+    timm_era.apply_era(model, min_entropy=0.8, **kwargs)
+    assert {k: v for k, v in model._model_args.items() if k not in ("num_classes",)} == recorded
+    assert model.default_cfg["architecture"] == model.pretrained_cfg["architecture"] == "resnet10t_era"
+
+
+def test_apply_and_remove_era_on_a_model_built_without_timms_factory(images) -> None:
+    # A classifier instantiated directly has neither pretrained_cfg nor _model_args.
+    model = timm.models.resnet.ResNet(timm.models.resnet.BasicBlock, [1, 1, 1, 1], num_classes=10).eval()
+    timm_era.apply_era(model, min_entropy=0.8)
+    assert model._model_args == {"min_entropy": 0.8} and not hasattr(model, "pretrained_cfg")
+    timm_era.remove_era(model)
+    assert type(model) is timm.models.ResNet and model._model_args == {}
+    with pytest.raises(ValueError, match=r"^ResNet has no ERA head to remove"):
+        timm_era.remove_era(model)

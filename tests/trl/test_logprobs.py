@@ -336,3 +336,67 @@ def test_topk_rejects_k_above_vocabulary_and_heads_with_logit_transforms():
     model.config.final_logit_softcapping = 30.0
     with pytest.raises(NotImplementedError, match="final_logit_softcapping"):
         ScaledLogProbHead(model, TEMPERATURE, k=2.0, topk=20)
+
+
+def _gathered_inputs(dtype: torch.dtype, with_bias: bool) -> tuple[torch.Tensor, ...]:
+    """7 tokens, a vocabulary of 11, hidden size 4 and 3 gathered columns per token (one row repeats one)."""
+    generator = torch.Generator().manual_seed(0)
+    hidden = torch.randn(7, 4, generator=generator, dtype=torch.float64).to(dtype)
+    weight = torch.randn(11, 4, generator=generator, dtype=torch.float64).to(dtype)
+    bias = torch.randn(11, generator=generator, dtype=torch.float64).to(dtype) if with_bias else None
+    index = torch.randint(0, 11, (7, 3), generator=generator)
+    index[0] = torch.tensor([2, 2, 5])  # a column gathered twice: its gradients add up
+    return hidden, weight, bias, index
+
+
+@pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no-bias"])
+@pytest.mark.parametrize("trained", ["all", "hidden", "head"])
+def test_gathered_logits_and_gradients_match_autograd_over_several_chunks(with_bias, trained, monkeypatch):
+    """Only the few gathered logits are recomputed; their hand-written backward equals autograd's, in float64,
+    over chunks of 3 tokens (the last one partial), with and without a bias, for whichever inputs are trained."""
+    monkeypatch.setattr(logprobs, "_GATHER_CHUNK_SIZE", 3)
+    hidden, weight, bias, index = _gathered_inputs(torch.float64, with_bias)
+    hidden.requires_grad_(trained in ("all", "hidden"))
+    for parameter in (weight, bias):
+        if parameter is not None:
+            parameter.requires_grad_(trained in ("all", "head"))
+    trainable = [t for t in (hidden, weight, bias) if t is not None and t.requires_grad]
+    out = logprobs._GatheredLogits.apply(hidden, weight, bias, index)
+    reference = torch.einsum("nh,njh->nj", hidden, weight[index]) + (0.0 if bias is None else bias[index])
+    torch.testing.assert_close(out, reference, rtol=1e-12, atol=1e-12)
+    weights = torch.randn(7, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    got = torch.autograd.grad((out * weights).sum(), trainable)
+    expected = torch.autograd.grad((reference * weights).sum(), trainable)
+    for got_grad, expected_grad in zip(got, expected, strict=True):
+        torch.testing.assert_close(got_grad, expected_grad, rtol=1e-12, atol=1e-12)
+
+
+def test_gathered_logits_backward_is_float32_under_autocast():
+    """Under bfloat16 autocast the gathered logits and their gradients stay float32 (like TRL's kernel)."""
+    hidden, weight, bias, index = _gathered_inputs(torch.float32, True)
+    inputs = [t.requires_grad_(True) for t in (hidden, weight, bias)]
+    weights = torch.randn(7, 3, generator=torch.Generator().manual_seed(1))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = logprobs._GatheredLogits.apply(hidden, weight, bias, index)
+        got = torch.autograd.grad((out * weights).sum(), inputs)
+    double = [t.detach().double().requires_grad_(True) for t in inputs]
+    reference = torch.einsum("nh,njh->nj", double[0], double[1][index]) + double[2][index]
+    expected = torch.autograd.grad((reference * weights.double()).sum(), double)
+    for got_grad, expected_grad in zip(got, expected, strict=True):
+        assert got_grad.dtype == torch.float32
+        torch.testing.assert_close(got_grad.double(), expected_grad, rtol=1e-5, atol=1e-5)
+
+
+def test_gathered_logits_of_a_bfloat16_head_are_float32_with_gradients_in_its_dtype():
+    hidden, weight, bias, index = _gathered_inputs(torch.bfloat16, True)
+    inputs = [t.requires_grad_(True) for t in (hidden, weight, bias)]
+    out = logprobs._GatheredLogits.apply(hidden, weight, bias, index)
+    assert out.dtype == torch.float32
+    weights = torch.randn(7, 3, generator=torch.Generator().manual_seed(1))
+    got = torch.autograd.grad((out * weights).sum(), inputs)
+    double = [t.detach().double().requires_grad_(True) for t in inputs]
+    reference = torch.einsum("nh,njh->nj", double[0], double[1][index]) + double[2][index]
+    expected = torch.autograd.grad((reference * weights.double()).sum(), double)
+    for got_grad, expected_grad in zip(got, expected, strict=True):
+        assert got_grad.dtype == torch.bfloat16
+        torch.testing.assert_close(got_grad.double(), expected_grad, rtol=2e-2, atol=2e-2)
