@@ -199,3 +199,27 @@ def test_parameter_checks_run_in_training_and_are_skipped_in_rollouts():
     )
     with th.no_grad():
         assert dist.proba_distribution(mean, log_std).distribution._validate_args is False
+
+
+@pytest.mark.parametrize("after_log_prob", [False, True])
+def test_entropy_records_a_graph_only_when_asked_and_under_grad(after_log_prob: bool, monkeypatch) -> None:
+    mean = th.tensor([[0.3, -1.2], [2.0, 0.1]], requires_grad=True)
+    log_std = th.tensor([-0.5, -1.0], requires_grad=True)
+    actions = th.tensor([[0.2, -0.7], [0.9, 0.0]])
+    for needs_grad in (True, False):
+        dist = TruncatedNormalDistribution(2)
+        dist.entropy_needs_grad = needs_grad
+        dist.proba_distribution(mean, log_std)
+        log_prob = dist.log_prob(actions) if after_log_prob else None
+        entropy = dist.entropy()
+        assert entropy.requires_grad == needs_grad
+        expected = dist.distribution.entropy().sum(dim=1)
+        th.testing.assert_close(entropy.detach(), expected.detach())
+        if after_log_prob:
+            # The entropy computed beside the log-prob (one node) is the one returned, not recomputed.
+            monkeypatch.setattr(dist.distribution, "entropy", lambda: pytest.fail("entropy recomputed"))
+            th.testing.assert_close(dist.entropy().detach(), expected.detach())
+            monkeypatch.undo()
+            assert log_prob.requires_grad
+        with th.no_grad():
+            assert not dist.entropy().requires_grad
