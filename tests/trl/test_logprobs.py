@@ -371,6 +371,13 @@ def test_gathered_logits_and_gradients_match_autograd_over_several_chunks(with_b
         torch.testing.assert_close(got_grad, expected_grad, rtol=1e-12, atol=1e-12)
 
 
+def _float64_gathered_gradients(inputs, index, weights):
+    """Gradients of ``sum(weights * gathered logits)`` for (hidden, weight, bias), by autograd in float64."""
+    double = [t.detach().double().requires_grad_(True) for t in inputs]
+    reference = torch.einsum("nh,njh->nj", double[0], double[1][index]) + double[2][index]
+    return torch.autograd.grad((reference * weights.double()).sum(), double)
+
+
 def test_gathered_logits_backward_is_float32_under_autocast():
     """Under bfloat16 autocast the gathered logits and their gradients stay float32 (like TRL's kernel)."""
     hidden, weight, bias, index = _gathered_inputs(torch.float32, True)
@@ -379,9 +386,7 @@ def test_gathered_logits_backward_is_float32_under_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = logprobs._GatheredLogits.apply(hidden, weight, bias, index)
         got = torch.autograd.grad((out * weights).sum(), inputs)
-    double = [t.detach().double().requires_grad_(True) for t in inputs]
-    reference = torch.einsum("nh,njh->nj", double[0], double[1][index]) + double[2][index]
-    expected = torch.autograd.grad((reference * weights.double()).sum(), double)
+    expected = _float64_gathered_gradients(inputs, index, weights)
     for got_grad, expected_grad in zip(got, expected, strict=True):
         assert got_grad.dtype == torch.float32
         torch.testing.assert_close(got_grad.double(), expected_grad, rtol=1e-5, atol=1e-5)
@@ -394,9 +399,7 @@ def test_gathered_logits_of_a_bfloat16_head_are_float32_with_gradients_in_its_dt
     assert out.dtype == torch.float32
     weights = torch.randn(7, 3, generator=torch.Generator().manual_seed(1))
     got = torch.autograd.grad((out * weights).sum(), inputs)
-    double = [t.detach().double().requires_grad_(True) for t in inputs]
-    reference = torch.einsum("nh,njh->nj", double[0], double[1][index]) + double[2][index]
-    expected = torch.autograd.grad((reference * weights.double()).sum(), double)
+    expected = _float64_gathered_gradients(inputs, index, weights)
     for got_grad, expected_grad in zip(got, expected, strict=True):
         assert got_grad.dtype == torch.bfloat16
         torch.testing.assert_close(got_grad.double(), expected_grad, rtol=2e-2, atol=2e-2)
