@@ -531,6 +531,25 @@ def test_cpu_updates_take_the_scipy_path_unless_compiled_or_traced(monkeypatch: 
         assert seen[-1] is truncated_normal._TorchOps
 
 
+def test_log_prob_and_entropy_on_an_interval_off_zero_match_the_two_calls(array_backend: str) -> None:
+    # Number bounds whose centre is not 0: the fused node's mirror image is taken about the centre.
+    loc = torch.tensor([0.3, 1.9, 1.0, -0.4], dtype=torch.float64)
+    scale = torch.tensor([0.5, 0.1, 2.0, 0.3], dtype=torch.float64)
+    value = torch.tensor([0.2, 1.95, 0.0, 0.1], dtype=torch.float64)
+    results = []
+    for fused in (True, False):
+        leaves = [loc.clone().requires_grad_(True), scale.clone().requires_grad_(True)]
+        dist = TruncatedNormal(*leaves, low=0.0, high=2.0)
+        if fused:
+            log_prob, entropy = dist.log_prob_and_entropy(value)
+        else:  # the two-call path differentiates ln Z through _LogZAndDensityRatios
+            log_prob, entropy = dist.log_prob(value.expand(1, 4))[0], dist.entropy()
+        (log_prob.sum() + 2.0 * entropy.sum()).backward()
+        results.append([log_prob.detach(), entropy.detach(), *(leaf.grad for leaf in leaves)])
+    for got, expected in zip(*results, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-12)
+
+
 @pytest.mark.parametrize("output", ["log_prob", "entropy"])
 def test_a_gradient_of_one_output_alone_matches_the_reference(array_backend: str, output: str) -> None:
     # The loss may read only one of the two (SAC's actor: the log-prob; an entropy bonus: the entropy).
