@@ -95,6 +95,7 @@ class _TorchOps:
     """The array functions :func:`_sample_and_log_prob_in_interval` needs, on torch tensors."""
 
     abs = staticmethod(torch.abs)
+    exp = staticmethod(torch.exp)
     log = staticmethod(torch.log)
     expm1 = staticmethod(torch.expm1)
     logaddexp = staticmethod(torch.logaddexp)
@@ -108,9 +109,9 @@ class _TorchOps:
 def _scipy_ops() -> type | None:
     """The same functions on float64 NumPy arrays through SciPy (``None`` without SciPy).
 
-    A rollout samples one state per step, where torch's per-operation dispatch, not the arithmetic, is the
-    cost: NumPy and SciPy's ufuncs take a fraction of it per call, and their ``ndtri_exp`` covers the deep
-    tail itself.
+    A rollout samples one state per step and a PPO minibatch holds a few dozen: there torch's per-operation
+    dispatch, not the arithmetic, is the cost. NumPy and SciPy's ufuncs take a fraction of it per call, and
+    their ``ndtri_exp`` covers the deep tail itself.
     """
     try:
         from scipy import special
@@ -120,19 +121,47 @@ def _scipy_ops() -> type | None:
 
     class _ScipyOps:
         abs = staticmethod(np.abs)
+        exp = staticmethod(np.exp)
         log = staticmethod(np.log)
         expm1 = staticmethod(np.expm1)
         logaddexp = staticmethod(np.logaddexp)
         log_ndtr = staticmethod(special.log_ndtr)
         ndtri_exp = staticmethod(special.ndtri_exp)
         where = staticmethod(np.where)
-        asarray = staticmethod(np.asarray)
+
+        @staticmethod
+        def to_tensor(array: np.ndarray, dtype: np.dtype) -> torch.Tensor:
+            """A CPU tensor of ``dtype``, cast by NumPy (cheaper than torch on small arrays; 0-d results too)."""
+            return torch.from_numpy(np.asarray(array).astype(dtype, copy=False))
 
         @staticmethod
         def clip(x: np.ndarray, low: float, high: float) -> np.ndarray:
             return np.minimum(np.maximum(x, low), high)  # np.clip's Python wrapper costs more than both
 
     return _ScipyOps
+
+
+def _array_ops(tensor: torch.Tensor):
+    """The namespace the array formulas run with: SciPy's on the CPU (eager, SciPy installed), torch's otherwise."""
+    if tensor.device.type == "cpu" and not torch.compiler.is_compiling() and not torch.jit.is_tracing():
+        scipy_ops = _scipy_ops()
+        if scipy_ops is not None:
+            return scipy_ops
+    return _TorchOps
+
+
+def _log_normalizer_in_interval(ops, loc, scale, center: float, half_width: float):
+    """``(ln Phi(a), ln Z)`` on ``[center - half_width, center + half_width]``, on the mirror image.
+
+    With ``d = |loc - center|`` the standardised bounds ``a = (-half_width - d) / scale`` and
+    ``b = (half_width - d) / scale`` keep the interval in the lower tail of the standard normal, so
+    ``ln Z = ln Phi(b) + ln(-expm1(ln Phi(a) - ln Phi(b)))`` never cancels and needs no elementwise choice; it is
+    exact to the dtype's resolution in absolute terms, which is what log-probabilities and entropies need.
+    """
+    distance = ops.abs(loc - center)
+    log_phi_a = ops.log_ndtr((-half_width - distance) / scale)
+    log_phi_b = ops.log_ndtr((half_width - distance) / scale)
+    return log_phi_a, log_phi_b + ops.log(-ops.expm1(log_phi_a - log_phi_b))
 
 
 def _sample_and_log_prob_in_interval(ops, loc, scale, center: float, half_width: float, u):
@@ -144,16 +173,12 @@ def _sample_and_log_prob_in_interval(ops, loc, scale, center: float, half_width:
     elementwise choice is needed until the end. ``u`` (uniform) is the quantile's level in that image:
     ``x = loc + s * scale * Phi^-1(Phi(a) + u * Z)`` with ``s = -1`` below the centre (the sample
     :meth:`TruncatedNormal.icdf` gives for ``1 - u`` there and ``u`` above; the same distribution).
-    ``ln Z = ln Phi(b) + ln(-expm1(ln Phi(a) - ln Phi(b)))`` is exact to the dtype's resolution in absolute
-    terms, which is what a log-probability needs. The log-density at the sample is read off the standardised
+    ``ln Z`` is :func:`_log_normalizer_in_interval`'s. The log-density at the sample is read off the standardised
     quantile ``z`` it is made of: ``-z^2 / 2 - ln(2 pi) / 2 - ln(scale) - ln(Z)``. Written once for any array
     library whose functions ``ops`` names (:class:`_TorchOps`, :func:`_scipy_ops`); without gradient.
     """
     mirrored = loc < center
-    distance = ops.abs(loc - center)
-    log_phi_a = ops.log_ndtr((-half_width - distance) / scale)
-    log_phi_b = ops.log_ndtr((half_width - distance) / scale)
-    log_z = log_phi_b + ops.log(-ops.expm1(log_phi_a - log_phi_b))
+    log_phi_a, log_z = _log_normalizer_in_interval(ops, loc, scale, center, half_width)
     # Below 0, where the quantile is finite: u <= 1 - eps keeps Phi(a) + u Z below Phi(b) <= 1 even rounded.
     log_p = ops.logaddexp(log_phi_a, ops.log(u) + log_z)
     z = ops.ndtri_exp(log_p)
@@ -238,58 +263,103 @@ class _LogZAndDensityRatios(torch.autograd.Function):
         return grad_alpha, grad_beta
 
 
+def _log_prob_and_entropy_in_interval(ops, loc, scale, value, center: float, half_width: float):
+    """``(log_prob(value), entropy, saved)`` on ``[center - half_width, center + half_width]``, without gradient.
+
+    ``saved`` holds what :func:`_log_prob_and_entropy_gradients` reads. Written once for any array library whose
+    functions ``ops`` names (:class:`_TorchOps`, :func:`_scipy_ops`).
+    """
+    _, log_z = _log_normalizer_in_interval(ops, loc, scale, center, half_width)
+    low, high = center - half_width, center + half_width
+    alpha = (low - loc) / scale
+    beta = (high - loc) / scale
+    log_norm = _HALF_LOG_2PI + log_z  # pa = phi(alpha) / Z = exp(-alpha^2 / 2 - ln(2 pi) / 2 - ln Z)
+    pa = ops.exp(-0.5 * alpha * alpha - log_norm)
+    pb = ops.exp(-0.5 * beta * beta - log_norm)
+    xi = (value - loc) / scale
+    log_norm = log_norm + ops.log(scale)  # of the density: ln(sqrt(2 pi) scale Z)
+    inside = (value >= low) & (value <= high)
+    log_prob = ops.where(inside, -0.5 * xi * xi - log_norm, -math.inf)
+    tail = alpha * pa - beta * pb
+    entropy = 0.5 + log_norm + 0.5 * tail  # ln(sqrt(2 pi e) scale Z) + T / 2
+    return log_prob, entropy, (scale, alpha, beta, pa, pb, xi, tail, inside)
+
+
+def _log_prob_and_entropy_gradients(ops, saved, grad_log_prob, grad_entropy, value_grad: bool):
+    """The gradients of :func:`_log_prob_and_entropy_in_interval`'s outputs for ``loc``, ``scale`` and ``value``.
+
+    ``grad_log_prob`` or ``grad_entropy`` may be ``None`` (not used by the loss), not both. ``value``'s gradient
+    is ``None`` unless ``value_grad``. Formulas in :class:`_LogProbAndEntropy`.
+    """
+    scale, alpha, beta, pa, pb, xi, tail, inside = saved
+    # Gradients times scale, divided by it once at the end.
+    loc_term = scale_term = 0.0
+    grad_value = None
+    if grad_log_prob is not None:
+        inside_grad = ops.where(inside, grad_log_prob, 0.0)
+        loc_term = inside_grad * (xi - pa + pb)
+        scale_term = inside_grad * (xi * xi - 1.0 - tail)
+        if value_grad:
+            grad_value = -inside_grad * xi / scale
+    if grad_entropy is not None:
+        d_alpha = 0.5 * pa * (tail - alpha * alpha - 1.0)
+        d_beta = 0.5 * pb * (beta * beta - tail + 1.0)
+        loc_term = loc_term - grad_entropy * (d_alpha + d_beta)
+        scale_term = scale_term + grad_entropy * (1.0 - alpha * d_alpha - beta * d_beta)
+    return loc_term / scale, scale_term / scale, grad_value
+
+
 class _LogProbAndEntropy(torch.autograd.Function):
     """``(log_prob(value), entropy)`` of the truncated normal on ``[low, high]`` (numbers), one node in the graph.
 
-    The same quantities as :meth:`TruncatedNormal.log_prob` and :meth:`TruncatedNormal.entropy` (``ln Z`` from
-    :func:`log_ndtr_diff`, ``pa = phi(alpha) / Z``, ``pb = phi(beta) / Z``), with the gradient in closed form:
+    The same quantities as :meth:`TruncatedNormal.log_prob` and :meth:`TruncatedNormal.entropy` (``ln Z``,
+    ``pa = phi(alpha) / Z``, ``pb = phi(beta) / Z``), with the gradient in closed form:
     for ``xi = (value - loc) / scale`` and ``T = alpha pa - beta pb``, the log-probability has
     ``d/d loc = (xi - pa + pb) / scale``, ``d/d scale = (xi^2 - 1 - T) / scale`` and
     ``d/d value = -xi / scale`` inside the support (0 outside, where it is ``-inf``); the entropy has
     ``d/d alpha = pa (T - alpha^2 - 1) / 2`` and ``d/d beta = pb (beta^2 - T + 1) / 2``, hence
     ``d/d loc = -(d/d alpha + d/d beta) / scale`` and
     ``d/d scale = (1 - alpha d/d alpha - beta d/d beta) / scale``. A training step (PPO's log-ratio and
-    entropy, SAC's actor loss) records one node instead of a few dozen elementwise ones.
+    entropy, SAC's actor loss) records one node instead of a few dozen elementwise ones. On the CPU with SciPy
+    both passes run in float64 on NumPy arrays (:func:`_array_ops`): a minibatch of a few dozen states costs
+    torch's per-operation dispatch more than arithmetic.
     """
 
     @staticmethod
     def forward(ctx, loc, scale, value, low: float, high: float):
-        alpha = (low - loc) / scale
-        beta = (high - loc) / scale
-        log_z = log_ndtr_diff(beta, alpha)
-        pa = torch.exp(_log_normal_pdf(alpha) - log_z)
-        pb = torch.exp(_log_normal_pdf(beta) - log_z)
-        xi = (value - loc) / scale
-        log_scale = torch.log(scale)
-        inside = (value >= low) & (value <= high)
-        log_prob = torch.where(inside, _log_normal_pdf(xi) - log_scale - log_z, -math.inf)
-        tail = alpha * pa - beta * pb
-        entropy = (log_scale + log_z).add_(_HALF_LOG_2PI_E).add_(tail, alpha=0.5)
+        ops = _array_ops(loc)
+        center, half_width = 0.5 * (low + high), 0.5 * (high - low)
         ctx.set_materialize_grads(False)
-        ctx.save_for_backward(scale, alpha, beta, pa, pb, xi, tail, inside)
-        return log_prob, entropy
+        ctx.ops = ops
+        if ops is _TorchOps:
+            log_prob, entropy, saved = _log_prob_and_entropy_in_interval(
+                ops, loc, scale, value, center, half_width
+            )
+            ctx.save_for_backward(*saved)
+            return log_prob, entropy
+        loc, scale, value = (t.detach().numpy() for t in (loc, scale, value))
+        ctx.dtype = loc.dtype
+        arrays = (t.astype("float64") for t in (loc, scale, value))
+        log_prob, entropy, ctx.arrays = _log_prob_and_entropy_in_interval(ops, *arrays, center, half_width)
+        return ops.to_tensor(log_prob, ctx.dtype), ops.to_tensor(entropy, ctx.dtype)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_log_prob, grad_entropy):
-        scale, alpha, beta, pa, pb, xi, tail, inside = ctx.saved_tensors
-        # Gradients times scale, divided by it once at the end.
-        loc_term = torch.zeros_like(scale)
-        scale_term = torch.zeros_like(scale)
-        grad_value = None
-        if grad_log_prob is not None:
-            inside_grad = torch.where(inside, grad_log_prob, 0.0)
-            loc_term += inside_grad * (xi - pa + pb)
-            scale_term += inside_grad * (xi * xi - 1.0 - tail)
-            if ctx.needs_input_grad[2]:
-                grad_value = -inside_grad * xi / scale
-        if grad_entropy is not None:
-            d_alpha = 0.5 * pa * (tail - alpha * alpha - 1.0)
-            d_beta = 0.5 * pb * (beta * beta - tail + 1.0)
-            loc_term -= grad_entropy * (d_alpha + d_beta)
-            scale_term += grad_entropy * (1.0 - alpha * d_alpha - beta * d_beta)
-        grad_loc = loc_term / scale if ctx.needs_input_grad[0] else None
-        grad_scale = scale_term / scale if ctx.needs_input_grad[1] else None
+        ops, value_grad = ctx.ops, ctx.needs_input_grad[2]
+        if ops is _TorchOps:
+            grads = _log_prob_and_entropy_gradients(
+                ops, ctx.saved_tensors, grad_log_prob, grad_entropy, value_grad
+            )
+        else:
+            grad_log_prob, grad_entropy = (
+                None if g is None else g.numpy().astype("float64") for g in (grad_log_prob, grad_entropy)
+            )
+            grads = _log_prob_and_entropy_gradients(ops, ctx.arrays, grad_log_prob, grad_entropy, value_grad)
+            grads = tuple(None if g is None else ops.to_tensor(g, ctx.dtype) for g in grads)
+        grad_loc, grad_scale, grad_value = (
+            grad if needed else None for grad, needed in zip(grads, ctx.needs_input_grad, strict=False)
+        )
         return grad_loc, grad_scale, grad_value, None, None
 
 
@@ -485,15 +555,15 @@ class TruncatedNormal(Distribution):
         eps = torch.finfo(self.loc.dtype).eps
         u = torch.rand(shape, dtype=self.loc.dtype, device=self.loc.device)
         center, half_width = 0.5 * (self.low + self.high), 0.5 * (self.high - self.low)
-        scipy_ops = _scipy_ops() if self.loc.device.type == "cpu" else None
-        if scipy_ops is not None and not torch.compiler.is_compiling() and not torch.jit.is_tracing():
+        ops = _array_ops(self.loc)
+        if ops is not _TorchOps:
             # float64 arrays, broadcast against the draws' shape by NumPy itself.
             loc, scale, u = (t.numpy().astype("float64") for t in (self.loc, self.scale, u))
             x, log_prob = _sample_and_log_prob_in_interval(
-                scipy_ops, loc, scale, center, half_width, scipy_ops.clip(u, eps, 1.0 - eps)
+                ops, loc, scale, center, half_width, ops.clip(u, eps, 1.0 - eps)
             )
-            # 0-d results come back from NumPy as scalars.
-            x, log_prob = (torch.from_numpy(scipy_ops.asarray(t)) for t in (x, log_prob))
+            dtype = self.loc.numpy().dtype
+            x, log_prob = ops.to_tensor(x, dtype), ops.to_tensor(log_prob, dtype)
         else:
             x, log_prob = _sample_and_log_prob_in_interval(
                 _TorchOps,

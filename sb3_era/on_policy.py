@@ -249,12 +249,13 @@ class ERAActorCriticMixin:
 
         A rollout builds one distribution per env step from the same ``log_std``, which only changes when the
         optimizer (or ``load_state_dict``, ``.to(...)``) writes to it: the cache is keyed on the storage and the
-        in-place version counter of ``log_std`` and of every parameter and buffer of the ERA module.
+        in-place version counter of ``log_std`` and of the ERA module's one state, its ``delta`` (parameter or
+        buffer).
         """
         if th.is_grad_enabled():
             return self.log_std_era(self.log_std)
-        tensors = (self.log_std, *self.log_std_era.parameters(), *self.log_std_era.buffers())
-        key = tuple((t.data_ptr(), t._version) for t in tensors)
+        log_std, delta = self.log_std, self.log_std_era.delta
+        key = (log_std.data_ptr(), log_std._version, delta.data_ptr(), delta._version)
         cached = getattr(self, "_log_std_cache", None)
         if cached is None or cached[0] != key:
             cached = self._log_std_cache = (key, self.log_std_era(self.log_std))

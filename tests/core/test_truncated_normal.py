@@ -221,8 +221,9 @@ def test_rsample_without_gradient_equals_the_differentiable_sample() -> None:
 
 
 @pytest.fixture(params=["scipy", "torch"])
-def sample_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """The one-pass sample through SciPy's float64 ufuncs (CPU default) or through torch (accelerators)."""
+def array_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The array formulas (the one-pass sample, the update's fused log-prob and entropy) through SciPy's float64
+    ufuncs (CPU default) or through torch (accelerators)."""
     if request.param == "torch":
         monkeypatch.setattr(truncated_normal, "_scipy_ops", lambda: None)
     return request.param
@@ -246,7 +247,7 @@ def _sample_and_log_prob_with_reference(loc, scale, low, high, seed, shape=(40,)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize(("low", "high"), [(-1.0, 1.0), (-2.0, 0.5), (0.0, 2.0)])
 def test_sample_and_log_prob_match_icdf_and_log_prob(
-    dtype: torch.dtype, low: float, high: float, sample_backend: str
+    dtype: torch.dtype, low: float, high: float, array_backend: str
 ) -> None:
     width = 0.5 * (high - low)
     loc = torch.tensor([0.5 * (low + high) + width * c[0] for c in CASES] + [high - 1e-3, low], dtype=dtype)
@@ -281,7 +282,7 @@ def test_sample_and_log_prob_match_the_reference_everywhere(
     torch.testing.assert_close(log_prob, expected_log_prob, rtol=1e-9, atol=1e-9)
 
 
-def test_sample_and_log_prob_far_outside_the_support_take_the_deep_tail(sample_backend: str) -> None:
+def test_sample_and_log_prob_far_outside_the_support_take_the_deep_tail(array_backend: str) -> None:
     # Locations far outside [-1, 1] put every quantile level below float32's smallest normal number.
     loc = torch.tensor([12.0, -12.0, 3.0])
     scale = torch.tensor([0.1, 0.1, 0.05])
@@ -291,7 +292,7 @@ def test_sample_and_log_prob_far_outside_the_support_take_the_deep_tail(sample_b
     torch.testing.assert_close(log_prob.double(), expected_log_prob, rtol=1e-4, atol=2e-2)
 
 
-def test_sample_and_log_prob_with_tensor_bounds_and_under_grad_mode(sample_backend: str) -> None:
+def test_sample_and_log_prob_with_tensor_bounds_and_under_grad_mode(array_backend: str) -> None:
     loc = torch.zeros(3, requires_grad=True)
     dist = TruncatedNormal(loc, torch.ones(3), low=torch.tensor([-2.0, 0.0, -0.5]), high=1.0)
     x, log_prob = dist.sample_and_log_prob((500,))
@@ -368,7 +369,7 @@ def test_sample_and_log_prob_backends_agree_draw_for_draw(dtype: torch.dtype) ->
     )
 
 
-def test_sample_and_log_prob_keeps_half_precision_and_cpu_tensors(sample_backend: str) -> None:
+def test_sample_and_log_prob_keeps_half_precision_and_cpu_tensors(array_backend: str) -> None:
     dist = TruncatedNormal(
         torch.tensor([0.2, -0.9], dtype=torch.bfloat16), torch.tensor([0.3, 0.01]).bfloat16()
     )
@@ -393,7 +394,9 @@ def _fused_and_reference(loc, scale, value):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_log_prob_and_entropy_match_the_reference_in_values_and_gradients(dtype: torch.dtype) -> None:
+def test_log_prob_and_entropy_match_the_reference_in_values_and_gradients(
+    array_backend: str, dtype: torch.dtype
+) -> None:
     loc = torch.tensor([c[0] for c in CASES] + [0.999, -0.5], dtype=dtype)
     scale = torch.tensor([c[1] for c in CASES] + [0.02, 3.0], dtype=dtype)
     value = (loc + 0.5 * scale).clamp(-1.0, 1.0)
@@ -405,6 +408,7 @@ def test_log_prob_and_entropy_match_the_reference_in_values_and_gradients(dtype:
         torch.testing.assert_close(grad, expected, **tolerance)
 
 
+@pytest.mark.parametrize("backend", ["scipy", "torch"])
 @settings(max_examples=60, deadline=None)
 @given(
     loc=st.floats(-1.0, 1.0),
@@ -412,19 +416,21 @@ def test_log_prob_and_entropy_match_the_reference_in_values_and_gradients(dtype:
     position=st.floats(0.0, 1.0),
 )
 def test_log_prob_and_entropy_gradients_match_the_reference_everywhere(
-    loc: float, log_scale: float, position: float
+    backend: str, loc: float, log_scale: float, position: float
 ) -> None:
     loc_t = torch.tensor([loc], dtype=torch.float64)
     scale_t = torch.tensor([math.exp(log_scale)], dtype=torch.float64)
     # A point of the support around the location, where the density is not negligible.
     value_t = (loc_t + (2.0 * position - 1.0) * scale_t).clamp(-1.0, 1.0)
-    (fused, fused_grads), (reference, reference_grads) = _fused_and_reference(loc_t, scale_t, value_t)
+    scipy_ops = truncated_normal._scipy_ops if backend == "scipy" else lambda: None
+    with mock.patch.object(truncated_normal, "_scipy_ops", scipy_ops):
+        (fused, fused_grads), (reference, reference_grads) = _fused_and_reference(loc_t, scale_t, value_t)
     torch.testing.assert_close(fused, reference, rtol=1e-7, atol=1e-8)
     for grad, expected in zip(fused_grads, reference_grads, strict=True):
         torch.testing.assert_close(grad, expected, rtol=1e-6, atol=1e-6)
 
 
-def test_log_prob_and_entropy_pass_gradcheck() -> None:
+def test_log_prob_and_entropy_pass_gradcheck(array_backend: str) -> None:
     from era_core.truncated_normal import _LogProbAndEntropy
 
     loc = torch.tensor([0.0, 0.9, -0.99, 0.3, 2.0], dtype=torch.float64, requires_grad=True)
@@ -433,7 +439,7 @@ def test_log_prob_and_entropy_pass_gradcheck() -> None:
     assert torch.autograd.gradcheck(lambda *a: _LogProbAndEntropy.apply(*a, -1.0, 1.0), (loc, scale, value))
 
 
-def test_log_prob_is_one_node_that_agrees_with_the_graph_free_path() -> None:
+def test_log_prob_is_one_node_that_agrees_with_the_graph_free_path(array_backend: str) -> None:
     loc = torch.tensor([0.1, -0.7, 0.95], requires_grad=True)
     scale = torch.tensor([0.2, 0.5, 0.01], requires_grad=True)
     value = torch.tensor([0.0, -1.0, 1.0])
@@ -466,7 +472,7 @@ def test_log_prob_and_entropy_fall_back_for_tensor_bounds_and_broadcast_values()
 
 
 @pytest.mark.parametrize("shape", [(), (3,)])
-def test_sample_and_log_prob_of_scalar_parameters(sample_backend: str, shape: tuple) -> None:
+def test_sample_and_log_prob_of_scalar_parameters(array_backend: str, shape: tuple) -> None:
     for dist in (TruncatedNormal(torch.tensor(0.3), torch.tensor(0.5)), TruncatedNormal(0.3, 0.5)):
         x, log_prob = dist.sample_and_log_prob(shape)
         assert x.shape == log_prob.shape == shape and x.dtype == log_prob.dtype == torch.float32
@@ -507,7 +513,66 @@ def test_cpu_rollouts_take_the_scipy_path_unless_compiled_or_traced(monkeypatch:
     assert rsample.call_count == 2 and len(seen) == 3
 
 
-def test_log_prob_keeps_the_parameters_dtype_and_is_minus_infinity_outside_the_support() -> None:
+def test_cpu_updates_take_the_scipy_path_unless_compiled_or_traced(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = []
+    formula = truncated_normal._log_prob_and_entropy_in_interval
+    monkeypatch.setattr(
+        truncated_normal,
+        "_log_prob_and_entropy_in_interval",
+        lambda ops, *a: seen.append(ops) or formula(ops, *a),
+    )
+    loc = torch.tensor([0.2, -0.3], requires_grad=True)
+    dist = TruncatedNormal(loc, torch.tensor([0.5, 0.1]))
+    dist.log_prob_and_entropy(torch.tensor([0.1, -0.2]))
+    assert seen == [truncated_normal._scipy_ops()] and seen[0] is not None
+    for flag in ("torch.compiler.is_compiling", "torch.jit.is_tracing"):
+        with mock.patch(flag, lambda: True):
+            dist.log_prob_and_entropy(torch.tensor([0.1, -0.2]))
+        assert seen[-1] is truncated_normal._TorchOps
+
+
+def test_log_prob_and_entropy_on_an_interval_off_zero_match_the_two_calls(array_backend: str) -> None:
+    # Number bounds whose centre is not 0: the fused node's mirror image is taken about the centre.
+    loc = torch.tensor([0.3, 1.9, 1.0, -0.4], dtype=torch.float64)
+    scale = torch.tensor([0.5, 0.1, 2.0, 0.3], dtype=torch.float64)
+    value = torch.tensor([0.2, 1.95, 0.0, 0.1], dtype=torch.float64)
+    results = []
+    for fused in (True, False):
+        leaves = [loc.clone().requires_grad_(True), scale.clone().requires_grad_(True)]
+        dist = TruncatedNormal(*leaves, low=0.0, high=2.0)
+        if fused:
+            log_prob, entropy = dist.log_prob_and_entropy(value)
+        else:  # the two-call path differentiates ln Z through _LogZAndDensityRatios
+            log_prob, entropy = dist.log_prob(value.expand(1, 4))[0], dist.entropy()
+        (log_prob.sum() + 2.0 * entropy.sum()).backward()
+        results.append([log_prob.detach(), entropy.detach(), *(leaf.grad for leaf in leaves)])
+    for got, expected in zip(*results, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("output", ["log_prob", "entropy"])
+def test_a_gradient_of_one_output_alone_matches_the_reference(array_backend: str, output: str) -> None:
+    # The loss may read only one of the two (SAC's actor: the log-prob; an entropy bonus: the entropy).
+    loc = torch.tensor([0.3, -0.95, 0.0], dtype=torch.float64)
+    scale = torch.tensor([0.2, 0.05, 2.0], dtype=torch.float64)
+    value = torch.tensor([0.1, -0.99, 0.7], dtype=torch.float64)
+    index = ["log_prob", "entropy"].index(output)
+    grads = []
+    for fused in (True, False):
+        leaves = [loc.clone().requires_grad_(True), scale.clone().requires_grad_(True)]
+        if fused:
+            stats_ = TruncatedNormal(*leaves).log_prob_and_entropy(value)[index]
+        else:
+            stats_ = _reference_statistics(*leaves, value)[index]
+        stats_.sum().backward()
+        grads.append([leaf.grad for leaf in leaves])
+    for grad, expected in zip(*grads, strict=True):
+        torch.testing.assert_close(grad, expected, rtol=1e-7, atol=1e-9)
+
+
+def test_log_prob_keeps_the_parameters_dtype_and_is_minus_infinity_outside_the_support(
+    array_backend: str,
+) -> None:
     loc, scale = torch.tensor([0.1, -0.5]), torch.tensor([0.3, 0.2])
     value = torch.tensor([0.3, -1.5], dtype=torch.float64)
     for grad in (False, True):
@@ -525,7 +590,9 @@ def test_log_prob_keeps_the_parameters_dtype_and_is_minus_infinity_outside_the_s
     assert [t.dtype for t in half.log_prob_and_entropy(value[:1].expand(2).float())] == [torch.bfloat16] * 2
 
 
-def test_log_prob_and_entropy_is_one_node_and_broadcast_values_get_the_reference_gradient() -> None:
+def test_log_prob_and_entropy_is_one_node_and_broadcast_values_get_the_reference_gradient(
+    array_backend: str,
+) -> None:
     loc = torch.tensor([0.1, -0.4], requires_grad=True)
     scale = torch.tensor([0.3, 0.6], requires_grad=True)
     log_prob, entropy = TruncatedNormal(loc, scale).log_prob_and_entropy(torch.tensor([0.5, 0.5]))
@@ -546,7 +613,7 @@ def test_log_prob_and_entropy_is_one_node_and_broadcast_values_get_the_reference
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_sample_and_log_prob_clamp_the_uniform_draw_like_rsample(
-    sample_backend: str, dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
+    array_backend: str, dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # torch.rand can return 0 and values above 1 - eps; the draw is used as clamp(u, eps, 1 - eps), as in rsample.
     eps = torch.finfo(dtype).eps
