@@ -25,7 +25,7 @@ from torch import nn
 
 from era_core import GaussianERA, SoftmaxERA, check_softmax_era_args, softmax_era_feasible_range
 from era_core.softmax import Construction
-from sb3_era.distributions import TruncatedNormalDistribution
+from sb3_era.distributions import RolloutSquashedDiagGaussianDistribution, TruncatedNormalDistribution
 from sb3_era.policies import (
     LOG_STD_MAX,
     LOG_STD_MIN,
@@ -174,7 +174,7 @@ class ERAActorCriticMixin:
         action_dim = get_action_dim(self.action_space)
         if self.era_kwargs["action_distribution"] == "truncated":
             return TruncatedNormalDistribution(action_dim, self.action_space.low, self.action_space.high)
-        return SquashedDiagGaussianDistribution(action_dim)
+        return RolloutSquashedDiagGaussianDistribution(action_dim)
 
     def _build(self, lr_schedule: Schedule) -> None:
         """

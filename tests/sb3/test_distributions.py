@@ -7,9 +7,11 @@ import math
 import numpy as np
 import pytest
 import torch as th
+from stable_baselines3.common.distributions import SquashedDiagGaussianDistribution
 
 from era_core import TruncatedNormal
 from sb3_era import TruncatedNormalDistribution
+from sb3_era.distributions import RolloutSquashedDiagGaussianDistribution
 
 
 def _params(batch: int = 64, dim: int = 3, seed: int = 0) -> tuple[th.Tensor, th.Tensor]:
@@ -190,15 +192,35 @@ def test_bounds_are_kept_in_float32_and_follow_a_half_precision_policy():
     assert dist.mode().dtype == dist.sample().dtype == th.float16
 
 
-def test_parameter_checks_run_in_training_and_are_skipped_in_rollouts():
+@pytest.mark.parametrize(
+    "distribution_class", [TruncatedNormalDistribution, RolloutSquashedDiagGaussianDistribution]
+)
+def test_parameter_checks_run_in_training_and_are_skipped_in_rollouts(distribution_class):
     mean, log_std = _params(batch=4, dim=2)
-    dist = TruncatedNormalDistribution(2)
+    dist = distribution_class(2)
     assert (
         dist.proba_distribution(mean, log_std).distribution._validate_args
         is th.distributions.Distribution._validate_args
     )
     with th.no_grad():
         assert dist.proba_distribution(mean, log_std).distribution._validate_args is False
+    with pytest.raises(ValueError, match="scale"):
+        dist.proba_distribution(mean, th.full_like(log_std, -math.inf))
+
+
+def test_rollout_squashed_gaussian_is_sb3s_in_rollouts_and_training():
+    mean, log_std = _params(batch=4, dim=2)
+    actions = th.tensor([[0.5, -0.9]] * 4)
+    for grad in (False, True):
+        with th.set_grad_enabled(grad):
+            ours = RolloutSquashedDiagGaussianDistribution(2).proba_distribution(mean, log_std)
+            sb3 = SquashedDiagGaussianDistribution(2).proba_distribution(mean, log_std)
+            th.testing.assert_close(ours.log_prob(actions), sb3.log_prob(actions), rtol=0, atol=0)
+            th.testing.assert_close(ours.mode(), sb3.mode(), rtol=0, atol=0)
+            th.manual_seed(0)
+            sample = ours.sample()
+            th.manual_seed(0)
+            th.testing.assert_close(sample, sb3.sample(), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("after_log_prob", [False, True])
