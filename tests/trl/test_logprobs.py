@@ -403,3 +403,13 @@ def test_gathered_logits_of_a_bfloat16_head_are_float32_with_gradients_in_its_dt
     for got_grad, expected_grad in zip(got, expected, strict=True):
         assert got_grad.dtype == torch.bfloat16
         torch.testing.assert_close(got_grad.double(), expected_grad, rtol=2e-2, atol=2e-2)
+
+
+def test_rescaled_rows_are_those_off_factor_one_and_every_row_in_topk_mode():
+    """The trainer stores and reuses the log-probs of exactly these rows (``rescaled_rows``)."""
+    model = build_model()
+    factors = torch.tensor([1.0, 2.0, 0.5, 1.0], dtype=torch.float64)
+    full = ScaledLogProbHead(model, TEMPERATURE, k=2.0).rescaled_rows(factors)
+    assert full.dtype == torch.bool and full.tolist() == [False, True, True, False]
+    topk = ScaledLogProbHead(model, TEMPERATURE, k=2.0, topk=20).rescaled_rows(factors)
+    assert topk.dtype == torch.bool and topk.tolist() == [True, True, True, True]
