@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -87,8 +88,10 @@ def one_pass_era_logprobs(model, head, input_ids, attention_mask, labels, factor
 
 
 def many_tiles(monkeypatch) -> None:
-    """Vocabulary, token and row tiles that do not divide the sizes (runs of rescaled rows cut across them)."""
-    monkeypatch.setattr(trl_utils, "_CHUNKED_LOGPROB_CHUNK_SIZE", 7)
+    """Vocabulary, token and row tiles that do not divide the sizes (runs of rescaled rows cut across them): the
+    last vocabulary tile of the 294 tokens has 4 columns, the last token chunk of the 42 positions 2 rows."""
+    assert VOCAB_SIZE % 5 != 0
+    monkeypatch.setattr(trl_utils, "_CHUNKED_LOGPROB_CHUNK_SIZE", 5)
     monkeypatch.setattr(trl_kernels, "TOKEN_CHUNK_SIZE", 4)
     monkeypatch.setattr(logprobs, "_ROW_BLOCK_SIZE", 2)
 
@@ -236,8 +239,10 @@ def test_a_loss_reading_only_the_rescaled_log_probs_gets_their_gradient(monkeypa
     head = ScaledLogProbHead(model, TEMPERATURE, k=2.0)
     sharpen, flatten = response_factor_values(2.0)
     factors = torch.tensor([sharpen, flatten, sharpen, flatten, sharpen, flatten])
-    with head.one_pass(labels, torch.ones(6, dtype=torch.bool)) as scoring:
-        fused_pass(model, input_ids, attention_mask, labels)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. torch.mm resizing a tile that does not fit its buffer
+        with head.one_pass(labels, torch.ones(6, dtype=torch.bool)) as scoring:
+            fused_pass(model, input_ids, attention_mask, labels)
     scaled = scoring.scaled_log_probs()[:, -NUM_SCORED:]
     column = (factors[:, None] == torch.tensor(scoring.factors)).double().argmax(dim=-1)
     era = scaled.gather(-1, column[:, None, None].expand(6, NUM_SCORED, 1)).squeeze(-1)
@@ -247,8 +252,80 @@ def test_a_loss_reading_only_the_rescaled_log_probs_gets_their_gradient(monkeypa
     parameters = [p for p in model.parameters() if p.requires_grad]
     with pytest.raises(RuntimeError, match=r"^each row's ERA log-prob must be read at one factor only$"):
         torch.autograd.grad(scaled.sum(), parameters, retain_graph=True)
-    for got, expected in zip(gradients(model, era, scored), gradients(model, reference, scored), strict=True):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got_gradients = gradients(model, era, scored)
+    for got, expected in zip(got_gradients, gradients(model, reference, scored), strict=True):
         torch.testing.assert_close(got, expected, **GRAD_TOLERANCES["float64"])
+
+
+def test_a_biased_lm_head_matches_the_reference_with_the_bias_gradient(monkeypatch):
+    many_tiles(monkeypatch)
+    model = build_model().double()
+    generator = torch.Generator().manual_seed(9)
+    biased = nn.Linear(model.config.hidden_size, VOCAB_SIZE, bias=True).double()
+    with torch.no_grad():
+        biased.weight.copy_(model.lm_head.weight)
+        biased.bias.copy_(torch.randn(VOCAB_SIZE, generator=generator, dtype=torch.float64))
+    model.lm_head = biased
+    add_fused_lm_head(model, temperature=TEMPERATURE, outputs=("log_probs", "entropy"))
+    input_ids, attention_mask, labels = make_batch(VOCAB_SIZE)
+    sharpen, flatten = response_factor_values(2.0)
+    factors = torch.tensor([1.0, sharpen, flatten, 1.0, sharpen, flatten])
+    head = ScaledLogProbHead(model, TEMPERATURE, k=2.0)
+    _, era = one_pass_era_logprobs(model, head, input_ids, attention_mask, labels, factors, factors != 1.0)
+    reference = reference_logprobs(model, input_ids, attention_mask, factors)
+    scored = (labels[:, -NUM_SCORED:] != -100).double()
+    torch.testing.assert_close(era * scored, reference * scored, **TOLERANCES["float64"])
+    weights = torch.randn(scored.shape, generator=generator, dtype=torch.float64) * scored
+    assert_gradients_close(model, era, model, reference, weights, "float64")
+
+
+def test_one_pass_under_bfloat16_autocast_matches_the_reference(monkeypatch):
+    """TRL's default mixed precision: the logit tiles in bfloat16 (float32 hidden states and head)."""
+    many_tiles(monkeypatch)
+    model, reference_model = patched_models("float32")
+    input_ids, attention_mask, labels = make_batch(VOCAB_SIZE)
+    sharpen, flatten = response_factor_values(2.0)
+    factors = torch.tensor([1.0, sharpen, flatten, 1.0, sharpen, flatten])
+    head = ScaledLogProbHead(model, TEMPERATURE, k=2.0)
+    weights = torch.randn((6, NUM_SCORED), generator=torch.Generator().manual_seed(10), dtype=torch.float64)
+    scored = (labels[:, -NUM_SCORED:] != -100).double()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        trl_logps, _ = fused_pass(model, input_ids, attention_mask, labels)
+        one_pass_logps, era = one_pass_era_logprobs(
+            model, head, input_ids, attention_mask, labels, factors, factors != 1.0
+        )
+        got_gradients = gradients(model, era, (weights * scored).float())
+    reference = reference_logprobs(reference_model, input_ids, attention_mask, factors)
+    assert era.dtype == torch.float32 and torch.equal(one_pass_logps, trl_logps)
+    assert torch.equal(era[factors == 1.0], trl_logps[factors == 1.0])
+    # bfloat16 logit tiles: the error of TRL's own log-probs at T sets the scale.
+    torch.testing.assert_close(era.double() * scored, reference * scored, rtol=0.05, atol=0.05)
+    expected_gradients = gradients(reference_model, reference, weights * scored)
+    for got, expected in zip(got_gradients, expected_gradients, strict=True):
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got.double(), expected, rtol=0.1, atol=0.01)
+
+
+def test_the_backward_folds_the_rows_kept_at_t_a_row_block_at_a_time_on_cpus(monkeypatch):
+    """TRL's torch fold holds float32 temporaries of the whole tile it gets: on CPUs it gets row blocks."""
+    many_tiles(monkeypatch)
+    model = patched_float64_model()
+    input_ids, attention_mask, labels = make_batch(VOCAB_SIZE)
+    sharpen, flatten = response_factor_values(2.0)
+    factors = torch.tensor([1.0, sharpen, flatten, 1.0, sharpen, flatten])
+    head = ScaledLogProbHead(model, TEMPERATURE, k=2.0)
+    _, era = one_pass_era_logprobs(model, head, input_ids, attention_mask, labels, factors, factors != 1.0)
+    fold, folded_rows = logprobs._trl_backward_fold, []
+
+    def recording_fold(tile, *args):
+        folded_rows.append(tile.shape[0])
+        return fold(tile, *args)
+
+    monkeypatch.setattr(logprobs, "_trl_backward_fold", recording_fold)
+    gradients(model, era, torch.ones(era.shape, dtype=torch.float64))
+    assert folded_rows and max(folded_rows) == 2
 
 
 @pytest.mark.parametrize("nothing_rescalable", ["no-factor", "no-row"])
