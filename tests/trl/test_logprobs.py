@@ -328,6 +328,49 @@ def test_the_backward_folds_the_rows_kept_at_t_a_row_block_at_a_time_on_cpus(mon
     assert folded_rows and max(folded_rows) == 2
 
 
+def test_one_pass_gives_trls_optional_outputs_bit_for_bit(monkeypatch):
+    """With every optional output TRL's fused head offers (entropy, log_sum_sq_probs, mean_logits, is_top1)."""
+    many_tiles(monkeypatch)
+    outputs = ("log_probs", *trl_kernels.OPTIONAL_OUTPUTS)
+    model = build_model().double()
+    add_fused_lm_head(model, temperature=TEMPERATURE, outputs=outputs)
+    input_ids, attention_mask, labels = make_batch(VOCAB_SIZE)
+    with torch.no_grad():  # greedy completions on rows 0-2, so that is_top1 holds somewhere
+        for position in range(input_ids.shape[1] - NUM_SCORED, input_ids.shape[1]):
+            logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+            input_ids[:3, position] = logits[:3, position - 1].argmax(dim=-1)
+    labels = torch.where(labels == -100, labels, input_ids)
+    plain = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, fused_lm_head=True)
+    head = ScaledLogProbHead(model, TEMPERATURE, k=2.0)
+    with head.one_pass(labels, torch.ones(6, dtype=torch.bool)) as scoring:
+        ours = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, fused_lm_head=True)
+    assert scoring.scaled_log_probs() is not None  # ERA's function scored this forward
+    scored = labels[:, 1:] != -100
+    assert plain.is_top1[scored].any() and not plain.is_top1[scored].all()
+    for name in outputs:
+        assert torch.equal(getattr(ours, name), getattr(plain, name)), name
+
+
+@pytest.mark.parametrize("trained", ["head", "backbone"])
+def test_one_pass_gradients_when_only_the_head_or_only_the_backbone_trains(trained, monkeypatch):
+    """A frozen backbone (hidden states without gradient) or a frozen LM head (as with LoRA adapters)."""
+    many_tiles(monkeypatch)
+    model = patched_float64_model()
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(name.startswith("lm_head.") == (trained == "head"))
+    input_ids, attention_mask, labels = make_batch(VOCAB_SIZE)
+    sharpen, flatten = response_factor_values(2.0)
+    factors = torch.tensor([1.0, sharpen, flatten, 1.0, sharpen, flatten])
+    head = ScaledLogProbHead(model, TEMPERATURE, k=2.0)
+    _, era = one_pass_era_logprobs(model, head, input_ids, attention_mask, labels, factors, factors != 1.0)
+    reference = reference_logprobs(model, input_ids, attention_mask, factors)
+    scored = (labels[:, -NUM_SCORED:] != -100).double()
+    weights = (
+        torch.randn(scored.shape, generator=torch.Generator().manual_seed(11), dtype=torch.float64) * scored
+    )
+    assert_gradients_close(model, era, model, reference, weights, "float64")
+
+
 @pytest.mark.parametrize("nothing_rescalable", ["no-factor", "no-row"])
 def test_without_rescalable_tokens_trls_own_function_scores(nothing_rescalable, monkeypatch):
     model = patched_float64_model()
