@@ -328,10 +328,14 @@ def test_the_backward_folds_the_rows_kept_at_t_a_row_block_at_a_time_on_cpus(mon
     assert folded_rows and max(folded_rows) == 2
 
 
-def test_one_pass_gives_trls_optional_outputs_bit_for_bit(monkeypatch):
-    """With every optional output TRL's fused head offers (entropy, log_sum_sq_probs, mean_logits, is_top1)."""
+@pytest.mark.parametrize(
+    "optional", [trl_kernels.OPTIONAL_OUTPUTS, ()], ids=["all-outputs", "log-probs-only"]
+)
+def test_one_pass_gives_trls_optional_outputs_bit_for_bit(optional, monkeypatch):
+    """With every optional output TRL's fused head offers (entropy, log_sum_sq_probs, mean_logits, is_top1), or
+    none of them (then None, as TRL's)."""
     many_tiles(monkeypatch)
-    outputs = ("log_probs", *trl_kernels.OPTIONAL_OUTPUTS)
+    outputs = ("log_probs", *optional)
     model = build_model().double()
     add_fused_lm_head(model, temperature=TEMPERATURE, outputs=outputs)
     input_ids, attention_mask, labels = make_batch(VOCAB_SIZE)
@@ -346,9 +350,13 @@ def test_one_pass_gives_trls_optional_outputs_bit_for_bit(monkeypatch):
         ours = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, fused_lm_head=True)
     assert scoring.scaled_log_probs() is not None  # ERA's function scored this forward
     scored = labels[:, 1:] != -100
-    assert plain.is_top1[scored].any() and not plain.is_top1[scored].all()
-    for name in outputs:
-        assert torch.equal(getattr(ours, name), getattr(plain, name)), name
+    if optional:
+        assert plain.is_top1[scored].any() and not plain.is_top1[scored].all()
+    for name in ("log_probs", *trl_kernels.OPTIONAL_OUTPUTS):
+        if name in outputs:
+            assert torch.equal(getattr(ours, name), getattr(plain, name)), name
+        else:
+            assert getattr(ours, name) is None and getattr(plain, name) is None, name
 
 
 @pytest.mark.parametrize("trained", ["head", "backbone"])
