@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.tensor import Shard, distribute_tensor
 from trl.kernels import chunked_logprob as trl_kernels
 from trl.trainer import utils as trl_utils
 from trl.trainer.utils import add_fused_lm_head
@@ -83,8 +88,10 @@ def one_pass_era_logprobs(model, head, input_ids, attention_mask, labels, factor
 
 
 def many_tiles(monkeypatch) -> None:
-    """Vocabulary, token and row tiles that do not divide the sizes (runs of rescaled rows cut across them)."""
-    monkeypatch.setattr(trl_utils, "_CHUNKED_LOGPROB_CHUNK_SIZE", 7)
+    """Vocabulary, token and row tiles that do not divide the sizes (runs of rescaled rows cut across them): the
+    last vocabulary tile of the 294 tokens has 4 columns, the last token chunk of the 42 positions 2 rows."""
+    assert VOCAB_SIZE % 5 != 0
+    monkeypatch.setattr(trl_utils, "_CHUNKED_LOGPROB_CHUNK_SIZE", 5)
     monkeypatch.setattr(trl_kernels, "TOKEN_CHUNK_SIZE", 4)
     monkeypatch.setattr(logprobs, "_ROW_BLOCK_SIZE", 2)
 
@@ -180,10 +187,13 @@ def test_softcapped_and_scaled_logits_match_the_transformed_reference(dtype, mon
     assert_gradients_close(model, era, reference_model, reference, weights, dtype)
 
 
+@pytest.mark.parametrize("reads", ["log-probs at T", "entropy", "both"])
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-def test_rescaled_rows_with_gradients_at_t_and_through_the_entropy_match_the_reference(dtype, monkeypatch):
-    """A loss that also reads a rescaled row's log-prob at ``T`` and every row's entropy (TRL's fold and ERA's
-    gradient then add up on the same rows)."""
+def test_rescaled_rows_with_gradients_at_t_and_through_the_entropy_match_the_reference(
+    dtype, reads, monkeypatch
+):
+    """A loss that also reads a rescaled row's log-prob at ``T``, or every row's entropy, or both (TRL's fold and
+    ERA's gradient then add up on the same rows)."""
     many_tiles(monkeypatch)
     model, reference_model = patched_models(dtype)
     input_ids, attention_mask, labels = make_batch(model.config.vocab_size)
@@ -209,18 +219,164 @@ def test_rescaled_rows_with_gradients_at_t_and_through_the_entropy_match_the_ref
         torch.randn(scored.shape, generator=generator, dtype=torch.float64) * scored for _ in range(3)
     )
 
-    value = (
-        (era * w_era.to(era.dtype)).sum()
-        + (trl_logps * w_plain.to(era.dtype)).sum()
-        + (entropy * w_entropy.to(era.dtype)).sum()
-    )
-    reference = (
-        (reference_era * w_era).sum()
-        + (reference_plain * w_plain).sum()
-        + (reference_entropy * w_entropy).sum()
-    )
+    value, reference = (era * w_era.to(era.dtype)).sum(), (reference_era * w_era).sum()
+    if reads != "entropy":
+        value = value + (trl_logps * w_plain.to(era.dtype)).sum()
+        reference = reference + (reference_plain * w_plain).sum()
+    if reads != "log-probs at T":
+        value = value + (entropy * w_entropy.to(era.dtype)).sum()
+        reference = reference + (reference_entropy * w_entropy).sum()
     torch.testing.assert_close(value.double(), reference, **TOLERANCES[dtype])
     assert_gradients_close(model, value, reference_model, reference, torch.ones(()), dtype)
+
+
+def test_a_loss_reading_only_the_rescaled_log_probs_gets_their_gradient(monkeypatch):
+    """Neither TRL's log-probs nor its entropy in the loss (no gradient reaches them), unit weights, and each row
+    read at its own factor; reading a row at both factors is refused in the backward."""
+    many_tiles(monkeypatch)
+    model = patched_float64_model()
+    input_ids, attention_mask, labels = make_batch(model.config.vocab_size)
+    head = ScaledLogProbHead(model, TEMPERATURE, k=2.0)
+    sharpen, flatten = response_factor_values(2.0)
+    factors = torch.tensor([sharpen, flatten, sharpen, flatten, sharpen, flatten])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. torch.mm resizing a tile that does not fit its buffer
+        with head.one_pass(labels, torch.ones(6, dtype=torch.bool)) as scoring:
+            fused_pass(model, input_ids, attention_mask, labels)
+    scaled = scoring.scaled_log_probs()[:, -NUM_SCORED:]
+    column = (factors[:, None] == torch.tensor(scoring.factors)).double().argmax(dim=-1)
+    era = scaled.gather(-1, column[:, None, None].expand(6, NUM_SCORED, 1)).squeeze(-1)
+    reference = reference_logprobs(model, input_ids, attention_mask, factors)
+    scored = (labels[:, -NUM_SCORED:] != -100).double()
+    torch.testing.assert_close(era * scored, reference * scored, rtol=1e-5, atol=1e-5)
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    with pytest.raises(RuntimeError, match=r"^each row's ERA log-prob must be read at one factor only$"):
+        torch.autograd.grad(scaled.sum(), parameters, retain_graph=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got_gradients = gradients(model, era, scored)
+    for got, expected in zip(got_gradients, gradients(model, reference, scored), strict=True):
+        torch.testing.assert_close(got, expected, **GRAD_TOLERANCES["float64"])
+
+
+def test_a_biased_lm_head_matches_the_reference_with_the_bias_gradient(monkeypatch):
+    many_tiles(monkeypatch)
+    model = build_model().double()
+    generator = torch.Generator().manual_seed(9)
+    biased = nn.Linear(model.config.hidden_size, VOCAB_SIZE, bias=True).double()
+    with torch.no_grad():
+        biased.weight.copy_(model.lm_head.weight)
+        biased.bias.copy_(torch.randn(VOCAB_SIZE, generator=generator, dtype=torch.float64))
+    model.lm_head = biased
+    add_fused_lm_head(model, temperature=TEMPERATURE, outputs=("log_probs", "entropy"))
+    input_ids, attention_mask, labels = make_batch(VOCAB_SIZE)
+    sharpen, flatten = response_factor_values(2.0)
+    factors = torch.tensor([1.0, sharpen, flatten, 1.0, sharpen, flatten])
+    head = ScaledLogProbHead(model, TEMPERATURE, k=2.0)
+    _, era = one_pass_era_logprobs(model, head, input_ids, attention_mask, labels, factors, factors != 1.0)
+    reference = reference_logprobs(model, input_ids, attention_mask, factors)
+    scored = (labels[:, -NUM_SCORED:] != -100).double()
+    torch.testing.assert_close(era * scored, reference * scored, **TOLERANCES["float64"])
+    weights = torch.randn(scored.shape, generator=generator, dtype=torch.float64) * scored
+    assert_gradients_close(model, era, model, reference, weights, "float64")
+
+
+def test_one_pass_under_bfloat16_autocast_matches_the_reference(monkeypatch):
+    """TRL's default mixed precision: the logit tiles in bfloat16 (float32 hidden states and head)."""
+    many_tiles(monkeypatch)
+    model, reference_model = patched_models("float32")
+    input_ids, attention_mask, labels = make_batch(VOCAB_SIZE)
+    sharpen, flatten = response_factor_values(2.0)
+    factors = torch.tensor([1.0, sharpen, flatten, 1.0, sharpen, flatten])
+    head = ScaledLogProbHead(model, TEMPERATURE, k=2.0)
+    weights = torch.randn((6, NUM_SCORED), generator=torch.Generator().manual_seed(10), dtype=torch.float64)
+    scored = (labels[:, -NUM_SCORED:] != -100).double()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        trl_logps, _ = fused_pass(model, input_ids, attention_mask, labels)
+        one_pass_logps, era = one_pass_era_logprobs(
+            model, head, input_ids, attention_mask, labels, factors, factors != 1.0
+        )
+        got_gradients = gradients(model, era, (weights * scored).float())
+    reference = reference_logprobs(reference_model, input_ids, attention_mask, factors)
+    assert era.dtype == torch.float32 and torch.equal(one_pass_logps, trl_logps)
+    assert torch.equal(era[factors == 1.0], trl_logps[factors == 1.0])
+    # bfloat16 logit tiles: the error of TRL's own log-probs at T sets the scale.
+    torch.testing.assert_close(era.double() * scored, reference * scored, rtol=0.05, atol=0.05)
+    expected_gradients = gradients(reference_model, reference, weights * scored)
+    for got, expected in zip(got_gradients, expected_gradients, strict=True):
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got.double(), expected, rtol=0.1, atol=0.01)
+
+
+def test_the_backward_folds_the_rows_kept_at_t_a_row_block_at_a_time_on_cpus(monkeypatch):
+    """TRL's torch fold holds float32 temporaries of the whole tile it gets: on CPUs it gets row blocks."""
+    many_tiles(monkeypatch)
+    model = patched_float64_model()
+    input_ids, attention_mask, labels = make_batch(VOCAB_SIZE)
+    sharpen, flatten = response_factor_values(2.0)
+    factors = torch.tensor([1.0, sharpen, flatten, 1.0, sharpen, flatten])
+    head = ScaledLogProbHead(model, TEMPERATURE, k=2.0)
+    _, era = one_pass_era_logprobs(model, head, input_ids, attention_mask, labels, factors, factors != 1.0)
+    fold, folded_rows = logprobs._trl_backward_fold, []
+
+    def recording_fold(tile, *args):
+        folded_rows.append(tile.shape[0])
+        return fold(tile, *args)
+
+    monkeypatch.setattr(logprobs, "_trl_backward_fold", recording_fold)
+    gradients(model, era, torch.ones(era.shape, dtype=torch.float64))
+    assert folded_rows and max(folded_rows) == 2
+
+
+@pytest.mark.parametrize(
+    "optional", [trl_kernels.OPTIONAL_OUTPUTS, ()], ids=["all-outputs", "log-probs-only"]
+)
+def test_one_pass_gives_trls_optional_outputs_bit_for_bit(optional, monkeypatch):
+    """With every optional output TRL's fused head offers (entropy, log_sum_sq_probs, mean_logits, is_top1), or
+    none of them (then None, as TRL's)."""
+    many_tiles(monkeypatch)
+    outputs = ("log_probs", *optional)
+    model = build_model().double()
+    add_fused_lm_head(model, temperature=TEMPERATURE, outputs=outputs)
+    input_ids, attention_mask, labels = make_batch(VOCAB_SIZE)
+    with torch.no_grad():  # greedy completions on rows 0-2, so that is_top1 holds somewhere
+        for position in range(input_ids.shape[1] - NUM_SCORED, input_ids.shape[1]):
+            logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+            input_ids[:3, position] = logits[:3, position - 1].argmax(dim=-1)
+    labels = torch.where(labels == -100, labels, input_ids)
+    plain = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, fused_lm_head=True)
+    head = ScaledLogProbHead(model, TEMPERATURE, k=2.0)
+    with head.one_pass(labels, torch.ones(6, dtype=torch.bool)) as scoring:
+        ours = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, fused_lm_head=True)
+    assert scoring.scaled_log_probs() is not None  # ERA's function scored this forward
+    scored = labels[:, 1:] != -100
+    if optional:
+        assert plain.is_top1[scored].any() and not plain.is_top1[scored].all()
+    for name in ("log_probs", *trl_kernels.OPTIONAL_OUTPUTS):
+        if name in outputs:
+            assert torch.equal(getattr(ours, name), getattr(plain, name)), name
+        else:
+            assert getattr(ours, name) is None and getattr(plain, name) is None, name
+
+
+@pytest.mark.parametrize("trained", ["head", "backbone"])
+def test_one_pass_gradients_when_only_the_head_or_only_the_backbone_trains(trained, monkeypatch):
+    """A frozen backbone (hidden states without gradient) or a frozen LM head (as with LoRA adapters)."""
+    many_tiles(monkeypatch)
+    model = patched_float64_model()
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(name.startswith("lm_head.") == (trained == "head"))
+    input_ids, attention_mask, labels = make_batch(VOCAB_SIZE)
+    sharpen, flatten = response_factor_values(2.0)
+    factors = torch.tensor([1.0, sharpen, flatten, 1.0, sharpen, flatten])
+    head = ScaledLogProbHead(model, TEMPERATURE, k=2.0)
+    _, era = one_pass_era_logprobs(model, head, input_ids, attention_mask, labels, factors, factors != 1.0)
+    reference = reference_logprobs(model, input_ids, attention_mask, factors)
+    scored = (labels[:, -NUM_SCORED:] != -100).double()
+    weights = (
+        torch.randn(scored.shape, generator=torch.Generator().manual_seed(11), dtype=torch.float64) * scored
+    )
+    assert_gradients_close(model, era, model, reference, weights, "float64")
 
 
 @pytest.mark.parametrize("nothing_rescalable", ["no-factor", "no-row"])
@@ -386,6 +542,10 @@ def test_gathered_logits_backward_is_float32_under_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = logprobs._GatheredLogits.apply(hidden, weight, bias, index)
         got = torch.autograd.grad((out * weights).sum(), inputs)
+    assert out.dtype == torch.float32
+    double = [t.detach().double() for t in inputs]
+    expected_out = torch.einsum("nh,njh->nj", double[0], double[1][index]) + double[2][index]
+    torch.testing.assert_close(out.double(), expected_out, rtol=1e-5, atol=1e-5)
     expected = _float64_gathered_gradients(inputs, index, weights)
     for got_grad, expected_grad in zip(got, expected, strict=True):
         assert got_grad.dtype == torch.float32
@@ -403,3 +563,98 @@ def test_gathered_logits_of_a_bfloat16_head_are_float32_with_gradients_in_its_dt
     for got_grad, expected_grad in zip(got, expected, strict=True):
         assert got_grad.dtype == torch.bfloat16
         torch.testing.assert_close(got_grad.double(), expected_grad, rtol=2e-2, atol=2e-2)
+
+
+def test_rescaled_rows_are_those_off_factor_one_and_every_row_in_topk_mode():
+    """The trainer stores and reuses the log-probs of exactly these rows (``rescaled_rows``)."""
+    model = build_model()
+    factors = torch.tensor([1.0, 2.0, 0.5, 1.0], dtype=torch.float64)
+    full = ScaledLogProbHead(model, TEMPERATURE, k=2.0).rescaled_rows(factors)
+    assert full.dtype == torch.bool and full.tolist() == [False, True, True, False]
+    topk = ScaledLogProbHead(model, TEMPERATURE, k=2.0, topk=20).rescaled_rows(factors)
+    assert topk.dtype == torch.bool and topk.tolist() == [True, True, True, True]
+
+
+def test_gathered_logits_hold_one_chunk_of_tokens_at_a_time(monkeypatch):
+    """Forward and backward gather the ``(J, H)`` head rows of at most ``_GATHER_CHUNK_SIZE`` tokens at once, and
+    each token once (the memory bound of the top-k path)."""
+    monkeypatch.setattr(logprobs, "_GATHER_CHUNK_SIZE", 3)
+    hidden, weight, bias, index = _gathered_inputs(torch.float64, True)
+    hidden.requires_grad_(True)
+    einsum, rows = torch.einsum, []
+
+    def recording_einsum(equation, *operands):
+        rows.append(operands[1].shape[0])
+        return einsum(equation, *operands)
+
+    monkeypatch.setattr(torch, "einsum", recording_einsum)
+    out = logprobs._GatheredLogits.apply(hidden, weight, bias, index)
+    assert rows == [3, 3, 1]
+    rows.clear()
+    out.sum().backward()
+    assert rows == [3, 3, 1]
+
+
+@pytest.fixture
+def one_process_mesh():
+    """A one-process gloo group and its CPU device mesh, to shard an LM head as FSDP2 does (DTensor weights)."""
+    if dist.is_initialized():
+        raise RuntimeError("a process group is already initialised")
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        yield init_device_mesh("cpu", (1,))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("sharded", [False, True], ids=["plain", "dtensor"])
+@pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no-bias"])
+def test_topk_of_a_biased_or_sharded_head_matches_the_full_logits_reference(with_bias, sharded, request):
+    """The head's bias takes part in the top-k search and in the recomputed logits; an FSDP2-sharded head (DTensor
+    weight and bias) gives the same log-probs and gradients."""
+    generator = torch.Generator().manual_seed(7)
+    reference_head = nn.Linear(8, 40, bias=with_bias).double()
+    if with_bias:
+        with torch.no_grad():  # a bias that outweighs the projection, so it reorders every token's top logits
+            reference_head.bias.copy_(3 * torch.randn(40, generator=generator, dtype=torch.float64))
+    hidden = torch.randn(9, 8, generator=generator, dtype=torch.float64)
+    scale = torch.linspace(0.5, 2.0, 9)
+    logits = reference_head(hidden) * scale.double()[:, None]
+    tokens = torch.randint(0, 40, (9,), generator=generator)
+    tokens[::2] = logits[::2].topk(5, dim=-1).indices[:, 2]  # inside the top 5 on even rows
+    reference = scaled_token_logprobs(logits[None], tokens[None], torch.ones(1), topk=5)[0]
+    assert (reference == OUTSIDE_TOPK_LOGPROB).any() and (reference != OUTSIDE_TOPK_LOGPROB).any()
+    if with_bias:
+        projection_top = (hidden @ reference_head.weight.t()).topk(5, dim=-1).indices.sort().values
+        assert not torch.equal(projection_top, logits.topk(5, dim=-1).indices.sort().values)
+
+    head = copy.deepcopy(reference_head)
+    if sharded:
+        mesh = request.getfixturevalue("one_process_mesh")
+        for name, parameter in list(head.named_parameters()):
+            setattr(head, name, nn.Parameter(distribute_tensor(parameter.detach(), mesh, [Shard(0)])))
+    hidden_got, hidden_ref = hidden.clone().requires_grad_(True), hidden.clone().requires_grad_(True)
+    got = logprobs.topk_token_logprobs(hidden_got, head, tokens, scale, 5)
+    torch.testing.assert_close(got, reference, rtol=1e-12, atol=1e-12)
+    weights = torch.randn(9, generator=generator, dtype=torch.float64)
+    (got * weights).sum().backward()
+    logits = reference_head(hidden_ref) * scale.double()[:, None]
+    reference = scaled_token_logprobs(logits[None], tokens[None], torch.ones(1), topk=5)[0]
+    (reference * weights).sum().backward()
+    torch.testing.assert_close(hidden_got.grad, hidden_ref.grad, rtol=1e-10, atol=1e-12)
+    for name, expected in reference_head.named_parameters():
+        grad = getattr(head, name).grad
+        grad = grad.full_tensor() if sharded else grad
+        torch.testing.assert_close(grad, expected.grad, rtol=1e-10, atol=1e-12)
+
+
+def test_topk_log_probs_follow_the_hidden_states_dtype_not_the_scales():
+    """float32 hidden states give float32 log-probs, also for float64 scales (float64 only for float64 inputs)."""
+    head = nn.Linear(8, 40)
+    hidden = torch.randn(9, 8, generator=torch.Generator().manual_seed(8))
+    tokens = torch.arange(9)
+    got = logprobs.topk_token_logprobs(hidden, head, tokens, torch.full((9,), 1.5, dtype=torch.float64), 5)
+    assert got.dtype == torch.float32
+    assert logprobs.topk_token_logprobs(hidden.double(), head.double(), tokens, torch.ones(9), 5).dtype == (
+        torch.float64
+    )
