@@ -10,7 +10,7 @@ import re
 import pytest
 import timm
 import torch
-from conftest import ARCHITECTURES, entropy
+from timm_era_cases import ARCHITECTURES, entropy
 from torch import nn
 
 import timm_era
