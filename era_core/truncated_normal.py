@@ -525,10 +525,25 @@ class TruncatedNormal(Distribution):
         return torch.exp(log_ndtr_diff(xi, self._alpha) - self._log_z).clamp(0.0, 1.0).to(self._out_dtype)
 
     def icdf(self, value: torch.Tensor) -> torch.Tensor:
-        """Quantile: ``loc + scale * Phi^-1(Phi(alpha) + value * Z)``, mirrored in the upper tail."""
+        """Quantile: ``loc + scale * Phi^-1(Phi(alpha) + value * Z)``, mirrored in the upper tail.
+
+        ``icdf(0)`` is ``low`` and ``icdf(1)`` is ``high``; a level outside ``[0, 1]`` raises a ``ValueError``
+        when the arguments are validated and gives NaN otherwise, as for ``torch.distributions.Normal``.
+        """
         value = torch.as_tensor(value, dtype=self.loc.dtype, device=self.loc.device)
+        outside = (value < 0) | (value > 1)
+        if self._validate_args and bool(outside.any()):
+            raise ValueError(
+                f"TruncatedNormal.icdf expects probabilities in [0, 1], got values in "
+                f"[{value.min().item()}, {value.max().item()}]"
+            )
         x = self.loc + self.scale * _standard_quantile(self._alpha, self._beta, self._log_z, value)
-        return x.clamp(self.low, self.high).to(self._out_dtype)
+        # The quantile keeps its levels off 0 and 1 so as to stay finite: at the ends it would stop a few dozen
+        # standard deviations out, short of bounds that lie further.
+        x = torch.where(
+            value >= 1, self.high, torch.where(value <= 0, self.low, x.clamp(self.low, self.high))
+        )
+        return x.masked_fill(outside, math.nan).to(self._out_dtype)
 
     def sample_and_log_prob(
         self, sample_shape: torch.Size = torch.Size()

@@ -451,13 +451,13 @@ def test_tensor_bounds_with_low_not_below_high_are_refused(high: torch.Tensor) -
 
 
 def test_quantile_of_level_one_has_a_finite_gradient() -> None:
-    # A level whose log rounds to 0 for a narrow distribution at the centre: a sample inside the support, with a
-    # finite gradient (the level is kept below 1 before the quantile).
+    # A level whose log rounds to 0 for a narrow distribution at the centre: the upper bound, with a finite
+    # gradient (the level is kept below 1 inside the quantile).
     loc = torch.tensor([0.0], dtype=torch.float64, requires_grad=True)
     scale = torch.tensor([0.02], dtype=torch.float64, requires_grad=True)
     x = TruncatedNormal(loc, scale).icdf(torch.tensor([1.0], dtype=torch.float64))
     x.sum().backward()
-    assert 0.0 < x.item() <= 1.0
+    assert x.item() == 1.0
     assert torch.isfinite(loc.grad).all() and torch.isfinite(scale.grad).all()
 
 

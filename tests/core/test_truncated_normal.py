@@ -125,6 +125,33 @@ def test_icdf_inverts_cdf() -> None:
     torch.testing.assert_close(dist.cdf(dist.icdf(q)), q)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("tensor_bounds", [False, True])
+def test_icdf_of_zero_and_one_are_the_bounds(dtype: torch.dtype, tensor_bounds: bool) -> None:
+    # Bounds 50 standard deviations out on both sides, and locations near either bound (both sides of the
+    # mirror image): the quantile's finite levels alone would stop some 13 (float32) or 37 (float64) out.
+    loc = torch.tensor([0.0, 0.9, -0.9, 0.3], dtype=dtype)
+    scale = torch.tensor([0.02, 0.02, 0.02, 0.5], dtype=dtype)
+    low, high = (
+        (-1.0, 1.0)
+        if not tensor_bounds
+        else (torch.tensor(-1.0, dtype=dtype), torch.tensor(1.0, dtype=dtype))
+    )
+    dist = TruncatedNormal(loc, scale, low=low, high=high)
+    assert torch.equal(dist.icdf(torch.zeros(4, dtype=dtype)), torch.full((4,), -1.0, dtype=dtype))
+    assert torch.equal(dist.icdf(torch.ones(4, dtype=dtype)), torch.ones(4, dtype=dtype))
+    inner = dist.icdf(torch.tensor([1e-6, 1e-6, 1.0 - 1e-6, 1.0 - 1e-6], dtype=dtype))
+    assert ((inner > -1.0) & (inner < 1.0)).all()
+
+
+def test_icdf_of_a_level_outside_the_unit_interval() -> None:
+    levels = torch.tensor([-0.1, 0.5, 1.5])
+    with pytest.raises(ValueError, match=r"probabilities in \[0, 1\].*-0.1"):
+        TruncatedNormal(torch.zeros(3), torch.ones(3), validate_args=True).icdf(levels)
+    quantiles = TruncatedNormal(torch.zeros(3), torch.ones(3), validate_args=False).icdf(levels)
+    assert quantiles[0].isnan() and quantiles[2].isnan() and abs(quantiles[1].item()) < 1e-6
+
+
 def test_batch_shapes_and_expand() -> None:
     dist = TruncatedNormal(torch.zeros(4, 3), torch.ones(3), low=-2.0, high=torch.tensor(1.0))
     assert dist.batch_shape == (4, 3) and dist.event_shape == ()
