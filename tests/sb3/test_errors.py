@@ -250,3 +250,28 @@ def test_on_policy_unsupported_action_space_message_names_both_supported_kinds()
         str(error.value)
         == "ERA policies support Box (continuous) and Discrete action spaces, got MultiBinary(3)"
     )
+
+
+@pytest.mark.parametrize("policy_class", OFF_POLICY_CLASSES, ids=lambda c: c.__name__)
+def test_off_policy_unknown_floor_is_refused_with_the_allowed_values(policy_class):
+    with pytest.raises(ValueError) as error:
+        policy_class(OBS_SPACE, BOX, _lr, floor="episode")
+    assert str(error.value) == "floor must be one of ('state', 'batch'), got 'episode'"
+
+
+@pytest.mark.parametrize(
+    ("knobs", "given"),
+    [
+        (dict(delta=0.5), "delta=0.5 and learn_delta=False"),
+        (dict(learn_delta=True), "delta=0.0 and learn_delta=True"),
+        (dict(delta=0.5, learn_delta=True), "delta=0.5 and learn_delta=True"),
+    ],
+    ids=["delta", "learn_delta", "both"],
+)
+@pytest.mark.parametrize("policy_class", OFF_POLICY_CLASSES, ids=lambda c: c.__name__)
+def test_off_policy_batch_floor_refuses_a_compensation_with_the_full_reason(policy_class, knobs, given):
+    with pytest.raises(ValueError) as error:
+        policy_class(OBS_SPACE, BOX, _lr, floor="batch", **knobs)
+    assert str(error.value) == (
+        f"{given} apply to the per-state floor only; use floor='state' or leave delta=0.0, learn_delta=False"
+    )

@@ -8,12 +8,16 @@ import pytest
 import torch as th
 from gymnasium import spaces
 from sb3_era_envs import TINY_NET, ReachTargetEnv
+from stable_baselines3.common.distributions import SquashedDiagGaussianDistribution
+from stable_baselines3.common.torch_layers import FlattenExtractor
 
-from era_core import gaussian_entropy
+from era_core import BatchGaussianERA, GaussianERA, gaussian_entropy
 from sb3_era import (
     ERASAC,
     ERATQC,
+    ERAActor,
     ERACrossQ,
+    ERACrossQActor,
     ERASACCnnPolicy,
     ERASACMultiInputPolicy,
     ERASACPolicy,
@@ -256,3 +260,48 @@ def test_log_probs_are_computed_wherever_train_reads_them(algo, kwargs):
         "MlpPolicy", ReachTargetEnv(), policy_kwargs=dict(net_arch=TINY_NET), **kwargs
     )._log_prob_unread()
     assert algo("MlpPolicy", ReachTargetEnv(), policy_kwargs=dict(net_arch=TINY_NET))._log_prob_unread()
+
+
+def _direct_actor(actor_class=ERAActor, **knobs) -> ERAActor:
+    """An ERA actor built directly, as SB3 builds its ``Actor`` (the policies pass every knob)."""
+    env = ReachTargetEnv()
+    extractor = FlattenExtractor(env.observation_space)
+    return actor_class(
+        env.observation_space, env.action_space, TINY_NET, extractor, extractor.features_dim, **knobs
+    )
+
+
+@pytest.mark.parametrize("actor_class", [ERAActor, ERACrossQActor], ids=lambda c: c.__name__)
+def test_era_actor_built_directly_has_the_policys_defaults(actor_class):
+    actor = _direct_actor(actor_class)
+    policy_actor = ERASACPolicy(
+        ReachTargetEnv().observation_space, ReachTargetEnv().action_space, lambda _: 1e-3
+    ).actor
+    era_knobs = policy_actor.era_kwargs
+    assert actor.era_kwargs == era_knobs
+    assert {k: v for k, v in actor._get_constructor_parameters().items() if k in era_knobs} == era_knobs
+    assert isinstance(actor.era, GaussianERA) and isinstance(actor.action_dist, TruncatedNormalDistribution)
+    assert (actor.era.log_std_min, actor.era.log_std_max, actor.era.target_entropy) == (-8.0, 0.0, -1.5)
+    assert actor.era.delta.item() == 0.0 and not actor.era.learn_delta
+    assert not actor.log_prob_unread
+
+
+def test_era_actor_passes_every_knob_to_its_era_module():
+    actor = _direct_actor(
+        target_entropy_per_dim=-1.0, log_std_min=-5.0, log_std_max=0.5, delta=0.2, learn_delta=True
+    )
+    era = actor.era
+    assert (era.target_entropy, era.log_std_min, era.log_std_max, era.learn_delta) == (-3.0, -5.0, 0.5, True)
+    assert era.delta.item() == pytest.approx(0.2)
+    assert actor.era_kwargs["target_entropy_per_dim"] == -1.0
+    assert _direct_actor(target_entropy=-2.0).era.target_entropy == -2.0
+    batch = _direct_actor(floor="batch", floor_momentum=0.5, log_std_min=-5.0, log_std_max=0.5).era
+    assert isinstance(batch, BatchGaussianERA)
+    assert (batch.momentum, batch.log_std_min, batch.log_std_max, batch.target_entropy) == (
+        0.5,
+        -5.0,
+        0.5,
+        -1.5,
+    )
+    tanh = _direct_actor(action_distribution="tanh")
+    assert type(tanh.action_dist) is SquashedDiagGaussianDistribution
