@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -23,6 +25,7 @@ from sb3_era import (
     TruncatedNormalDistribution,
     era_entropy_stats,
 )
+from sb3_era.on_policy import ERAActorCriticMixin
 
 FLOAT_TOLERANCE = 1e-5
 ON_POLICY_KWARGS = {ERAPPO: dict(n_steps=128, batch_size=64, n_epochs=2), ERAA2C: dict(n_steps=16)}
@@ -367,3 +370,30 @@ def test_recurrent_tanh_policy_is_refused_for_bounds_other_than_the_unit_box(low
 def test_recurrent_tanh_policy_on_the_unit_box_squashes():
     policy = _recurrent_policy(-1.0, 1.0, "tanh")
     assert isinstance(policy.action_dist, SquashedDiagGaussianDistribution) and policy.squash_output
+
+
+def test_constructor_parameters_hold_every_era_parameter():
+    # What SB3 saves and passes back at load: every keyword of the ERA mixin, with the value in use.
+    env = ReachTargetEnv()
+    knobs = dict(target_entropy=-2.0, log_std_min=-6.0, log_std_max=0.5, delta=0.1, state_dependent_std=True)
+    policy = ERAActorCriticPolicy(env.observation_space, env.action_space, lambda _: 1e-3, **knobs)
+    era_parameters = [
+        name
+        for name, parameter in inspect.signature(ERAActorCriticMixin.__init__).parameters.items()
+        if parameter.kind is inspect.Parameter.KEYWORD_ONLY
+    ]
+    saved = policy._get_constructor_parameters()
+    assert {name: saved[name] for name in era_parameters} == dict(
+        target_entropy=-2.0,
+        target_entropy_per_dim=None,
+        log_std_min=-6.0,
+        log_std_max=0.5,
+        action_distribution="truncated",
+        delta=0.1,
+        learn_delta=False,
+        floor="state",
+        state_dependent_std=True,
+        min_entropy=None,
+        softmax_tau=4.0,
+        softmax_construction="paper",
+    )
