@@ -303,5 +303,6 @@ def test_era_actor_passes_every_knob_to_its_era_module():
         0.5,
         -1.5,
     )
+    assert _direct_actor(floor="batch").era.momentum == 0.01
     tanh = _direct_actor(action_distribution="tanh")
     assert type(tanh.action_dist) is SquashedDiagGaussianDistribution
