@@ -21,6 +21,8 @@ from sb3_era import (
     ERASACCnnPolicy,
     ERASACMultiInputPolicy,
     ERASACPolicy,
+    ERATQCCnnPolicy,
+    ERATQCMultiInputPolicy,
     TruncatedNormalDistribution,
 )
 
@@ -164,19 +166,28 @@ def test_batch_floor_holds_the_batch_mean_entropy_at_the_target_during_training(
     assert actor.era.running_shift.item() != 0.0
 
 
-def test_cnn_and_multi_input_policies_build_era_actors_and_act():
+@pytest.mark.parametrize(
+    ("cnn_class", "multi_input_class"),
+    [(ERASACCnnPolicy, ERASACMultiInputPolicy), (ERATQCCnnPolicy, ERATQCMultiInputPolicy)],
+    ids=["SAC", "TQC"],
+)
+def test_cnn_and_multi_input_policies_build_era_actors_and_act(cnn_class, multi_input_class):
     image_space = spaces.Box(0, 255, (3, 40, 40), np.uint8)
     action_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
-    cnn = ERASACCnnPolicy(image_space, action_space, lambda _: 1e-3, net_arch=TINY_NET)
+    # Every keyword reaches the host policy and the ERA actor: the network sizes and the ERA knobs.
+    knobs = dict(net_arch=[16], target_entropy=-1.0)
+    cnn = cnn_class(image_space, action_space, lambda _: 1e-3, **knobs)
     action, _ = cnn.predict(image_space.sample())
     assert action.shape == (2,)
     dict_space = spaces.Dict({"image": image_space, "vector": spaces.Box(-1.0, 1.0, (5,), np.float32)})
-    multi = ERASACMultiInputPolicy(dict_space, action_space, lambda _: 1e-3, net_arch=TINY_NET)
+    multi = multi_input_class(dict_space, action_space, lambda _: 1e-3, **knobs)
     action, _ = multi.predict(dict_space.sample())
     assert action.shape == (2,)
-    for policy in (cnn, multi):
+    for policy, extractor in ((cnn, "NatureCNN"), (multi, "CombinedExtractor")):
         assert isinstance(policy.actor.action_dist, TruncatedNormalDistribution)
-        assert type(policy.actor.features_extractor).__name__ in ("NatureCNN", "CombinedExtractor")
+        assert type(policy.actor.features_extractor).__name__ == extractor
+        assert policy.net_arch == [16] and policy.actor.mu.in_features == 16
+        assert policy.actor.era.target_entropy == -1.0
 
 
 class _DictReachTargetEnv(ReachTargetEnv):
