@@ -18,11 +18,13 @@ from sb3_era import (
     ERAActor,
     ERACrossQ,
     ERACrossQActor,
+    ERACrossQPolicy,
     ERASACCnnPolicy,
     ERASACMultiInputPolicy,
     ERASACPolicy,
     ERATQCCnnPolicy,
     ERATQCMultiInputPolicy,
+    ERATQCPolicy,
     TruncatedNormalDistribution,
 )
 
@@ -317,3 +319,20 @@ def test_era_actor_passes_every_knob_to_its_era_module():
     assert _direct_actor(floor="batch").era.momentum == 0.01
     tanh = _direct_actor(action_distribution="tanh")
     assert type(tanh.action_dist) is SquashedDiagGaussianDistribution
+
+
+@pytest.mark.parametrize(
+    "policy_class", [ERASACPolicy, ERATQCPolicy, ERACrossQPolicy], ids=lambda c: c.__name__
+)
+def test_make_actor_builds_an_era_actor_on_the_given_features_extractor(policy_class):
+    # SB3's override point: make_actor(features_extractor) shares the given extractor (as with critics).
+    env = ReachTargetEnv()
+    policy = policy_class(
+        env.observation_space, env.action_space, lambda _: 1e-3, net_arch=TINY_NET, floor="batch"
+    )
+    extractor = FlattenExtractor(env.observation_space)
+    actor = policy.make_actor(extractor)
+    assert actor.features_extractor is extractor
+    assert type(actor) is type(policy.actor) and actor.era_kwargs == policy.era_kwargs
+    # The policy's defaults reach the actor: the batch floor's running shift moves by 1% of each batch.
+    assert actor.era.momentum == policy.actor.era.momentum == 0.01
