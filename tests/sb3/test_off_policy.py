@@ -317,6 +317,8 @@ def test_era_actor_passes_every_knob_to_its_era_module():
         -1.5,
     )
     assert _direct_actor(floor="batch").era.momentum == 0.01
+    assert _direct_actor(floor="batch", target_entropy=-2.0).era.target_entropy == -2.0
+    assert _direct_actor(floor="batch", target_entropy_per_dim=-1.0).era.target_entropy == -3.0
     tanh = _direct_actor(action_distribution="tanh")
     assert type(tanh.action_dist) is SquashedDiagGaussianDistribution
 
