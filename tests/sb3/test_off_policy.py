@@ -290,8 +290,18 @@ def test_era_actor_built_directly_has_the_policys_defaults(actor_class):
     policy_actor = ERASACPolicy(
         ReachTargetEnv().observation_space, ReachTargetEnv().action_space, lambda _: 1e-3
     ).actor
-    era_knobs = policy_actor.era_kwargs
-    assert actor.era_kwargs == era_knobs
+    era_knobs = dict(
+        target_entropy=None,
+        target_entropy_per_dim=None,
+        log_std_min=-8.0,
+        log_std_max=0.0,
+        action_distribution="truncated",
+        delta=0.0,
+        learn_delta=False,
+        floor="state",
+        floor_momentum=0.01,
+    )
+    assert actor.era_kwargs == policy_actor.era_kwargs == era_knobs
     assert {k: v for k, v in actor._get_constructor_parameters().items() if k in era_knobs} == era_knobs
     assert isinstance(actor.era, GaussianERA) and isinstance(actor.action_dist, TruncatedNormalDistribution)
     assert (actor.era.log_std_min, actor.era.log_std_max, actor.era.target_entropy) == (-8.0, 0.0, -1.5)
@@ -306,7 +316,17 @@ def test_era_actor_passes_every_knob_to_its_era_module():
     era = actor.era
     assert (era.target_entropy, era.log_std_min, era.log_std_max, era.learn_delta) == (-3.0, -5.0, 0.5, True)
     assert era.delta.item() == pytest.approx(0.2)
-    assert actor.era_kwargs["target_entropy_per_dim"] == -1.0
+    assert actor.era_kwargs == dict(
+        target_entropy=None,
+        target_entropy_per_dim=-1.0,
+        log_std_min=-5.0,
+        log_std_max=0.5,
+        action_distribution="truncated",
+        delta=0.2,
+        learn_delta=True,
+        floor="state",
+        floor_momentum=0.01,
+    )
     assert _direct_actor(target_entropy=-2.0).era.target_entropy == -2.0
     batch = _direct_actor(floor="batch", floor_momentum=0.5, log_std_min=-5.0, log_std_max=0.5).era
     assert isinstance(batch, BatchGaussianERA)
@@ -338,3 +358,27 @@ def test_make_actor_builds_an_era_actor_on_the_given_features_extractor(policy_c
     assert type(actor) is type(policy.actor) and actor.era_kwargs == policy.era_kwargs
     # The policy's defaults reach the actor: the batch floor's running shift moves by 1% of each batch.
     assert actor.era.momentum == policy.actor.era.momentum == 0.01
+
+
+@pytest.mark.parametrize(
+    "policy_class", [ERASACPolicy, ERATQCPolicy, ERACrossQPolicy], ids=lambda c: c.__name__
+)
+def test_policy_passes_and_saves_every_era_knob(policy_class):
+    env = ReachTargetEnv()
+    knobs = dict(
+        target_entropy=-2.0,
+        target_entropy_per_dim=None,
+        log_std_min=-6.0,
+        log_std_max=0.5,
+        action_distribution="tanh",
+        delta=0.0,
+        learn_delta=False,
+        floor="batch",
+        floor_momentum=0.05,
+    )
+    policy = policy_class(env.observation_space, env.action_space, lambda _: 1e-3, net_arch=TINY_NET, **knobs)
+    saved = policy._get_constructor_parameters()
+    assert {name: saved[name] for name in knobs} == knobs
+    assert policy.actor.era_kwargs == knobs
+    era = policy.actor.era
+    assert (era.target_entropy, era.log_std_min, era.log_std_max, era.momentum) == (-2.0, -6.0, 0.5, 0.05)
