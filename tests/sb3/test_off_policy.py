@@ -10,6 +10,7 @@ from gymnasium import spaces
 from sb3_era_envs import TINY_NET, ReachTargetEnv
 from stable_baselines3.common.distributions import SquashedDiagGaussianDistribution
 from stable_baselines3.common.torch_layers import FlattenExtractor
+from torch import nn
 
 from era_core import BatchGaussianERA, GaussianERA, gaussian_entropy
 from sb3_era import (
@@ -382,3 +383,13 @@ def test_policy_passes_and_saves_every_era_knob(policy_class):
     assert policy.actor.era_kwargs == knobs
     era = policy.actor.era
     assert (era.target_entropy, era.log_std_min, era.log_std_max, era.momentum) == (-2.0, -6.0, 0.5, 0.05)
+
+
+@pytest.mark.parametrize(
+    "policy_class", [ERASACPolicy, ERATQCPolicy, ERACrossQPolicy], ids=lambda c: c.__name__
+)
+def test_host_positional_parameters_reach_the_host_policy(policy_class):
+    env = ReachTargetEnv()
+    policy = policy_class(env.observation_space, env.action_space, lambda _: 1e-3, [8], nn.ReLU)
+    assert policy.net_arch == [8] and policy.activation_fn is nn.ReLU
+    assert policy.actor.mu.in_features == 8
