@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import warnings
+from collections.abc import Callable
+from typing import NamedTuple
 
 import pytest
 import torch
@@ -50,12 +52,22 @@ def fused_pass(model, input_ids, attention_mask, labels):
     return outputs.log_probs[:, -NUM_SCORED:], captured["last_hidden_state"]
 
 
-def reference_logprobs(model, input_ids, attention_mask, factors, topk=None):
-    """Spec 3.4/3.6 from the full float64 logits of the unpatched forward."""
-    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, -NUM_SCORED - 1 : -1]
-    return scaled_token_logprobs(
-        logits.double() / TEMPERATURE, input_ids[:, -NUM_SCORED:], factors, topk=topk
+def reference_logprobs(
+    model,
+    input_ids,
+    attention_mask,
+    factors,
+    topk=None,
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+):
+    """Spec 3.4/3.6 from the full float64 logits of the unpatched forward, after `transform` (a logit transform
+    such as softcapping that TRL's fused head applies before the temperature) if given."""
+    logits = (
+        model(input_ids=input_ids, attention_mask=attention_mask).logits[:, -NUM_SCORED - 1 : -1].double()
     )
+    if transform is not None:
+        logits = transform(logits)
+    return scaled_token_logprobs(logits / TEMPERATURE, input_ids[:, -NUM_SCORED:], factors, topk=topk)
 
 
 def patched_float64_model(device: str = "cpu"):
@@ -85,6 +97,38 @@ def one_pass_era_logprobs(model, head, input_ids, attention_mask, labels, factor
     with head.one_pass(labels, rescalable) as scoring:
         trl_logps, hidden = fused_pass(model, input_ids, attention_mask, labels)
     return trl_logps, head(hidden, labels, factors, trl_logps, scoring)
+
+
+#: The factors of `make_batch`'s rows at k = 2 in most tests: [1, sharpen, flatten] twice.
+FACTORS = torch.tensor([1.0, *response_factor_values(2.0)] * 2)
+
+
+class OnePassRun(NamedTuple):
+    trl_logps: torch.Tensor  # TRL's log-probs at T, from the same fused pass
+    era: torch.Tensor
+    reference: torch.Tensor  # float64
+    scored: torch.Tensor  # 1.0 on the completion tokens, 0.0 on padding (float64)
+
+
+def one_pass_against_reference(
+    model,
+    reference_model=None,
+    rescalable: torch.Tensor | None = None,
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> OnePassRun:
+    """ERA's log-probs of `make_batch` at `FACTORS` (k = 2) from one fused pass of `model`, the float64 reference
+    from `reference_model` (default: `model`; `transform` as in `reference_logprobs`) and the scored tokens. The
+    rows that may be rescaled are `rescalable` (default: those off factor 1)."""
+    input_ids, attention_mask, labels = make_batch(VOCAB_SIZE)
+    head = ScaledLogProbHead(model, TEMPERATURE, k=2.0)
+    rescalable = FACTORS != 1.0 if rescalable is None else rescalable
+    trl_logps, era = one_pass_era_logprobs(
+        model, head, input_ids, attention_mask, labels, FACTORS, rescalable
+    )
+    reference_model = model if reference_model is None else reference_model
+    reference = reference_logprobs(reference_model, input_ids, attention_mask, FACTORS, transform=transform)
+    scored = (labels[:, -NUM_SCORED:] != -100).double()
+    return OnePassRun(trl_logps, era, reference, scored)
 
 
 def many_tiles(monkeypatch) -> None:
@@ -164,21 +208,15 @@ def test_softcapped_and_scaled_logits_match_the_transformed_reference(dtype, mon
     many_tiles(monkeypatch)
     # TRL's fused head reads these config fields (Qwen2's own forward ignores them): z = 2 tanh(1.3 logits / 2) / T.
     model, reference_model = patched_models(dtype, final_logit_softcapping=2.0, logit_scale=1.3)
-    input_ids, attention_mask, labels = make_batch(model.config.vocab_size)
-    sharpen, flatten = response_factor_values(2.0)
-    factors = torch.tensor([1.0, sharpen, flatten, 1.0, sharpen, flatten])
-    head = ScaledLogProbHead(model, TEMPERATURE, k=2.0)
-    trl_logps, era = one_pass_era_logprobs(
-        model, head, input_ids, attention_mask, labels, factors, torch.ones(6, dtype=torch.bool)
-    )
-    logits = reference_model(input_ids=input_ids, attention_mask=attention_mask).logits[
-        :, -NUM_SCORED - 1 : -1
-    ]
-    transformed = 2.0 * torch.tanh(1.3 * logits.double() / 2.0) / TEMPERATURE
-    reference = scaled_token_logprobs(transformed, input_ids[:, -NUM_SCORED:], factors)
-    scored = (labels[:, -NUM_SCORED:] != -100).double()
 
-    plain = scaled_token_logprobs(transformed, input_ids[:, -NUM_SCORED:], torch.ones(6))
+    def transform(logits: torch.Tensor) -> torch.Tensor:
+        return 2.0 * torch.tanh(1.3 * logits / 2.0)
+
+    trl_logps, era, reference, scored = one_pass_against_reference(
+        model, reference_model, rescalable=torch.ones(6, dtype=torch.bool), transform=transform
+    )
+    input_ids, attention_mask, _ = make_batch(VOCAB_SIZE)
+    plain = reference_logprobs(reference_model, input_ids, attention_mask, torch.ones(6), transform=transform)
     torch.testing.assert_close(trl_logps.double() * scored, plain * scored, **TOLERANCES[dtype])
     torch.testing.assert_close(era.double() * scored, reference * scored, **TOLERANCES[dtype])
     weights = (
@@ -269,13 +307,7 @@ def test_a_biased_lm_head_matches_the_reference_with_the_bias_gradient(monkeypat
         biased.bias.copy_(torch.randn(VOCAB_SIZE, generator=generator, dtype=torch.float64))
     model.lm_head = biased
     add_fused_lm_head(model, temperature=TEMPERATURE, outputs=("log_probs", "entropy"))
-    input_ids, attention_mask, labels = make_batch(VOCAB_SIZE)
-    sharpen, flatten = response_factor_values(2.0)
-    factors = torch.tensor([1.0, sharpen, flatten, 1.0, sharpen, flatten])
-    head = ScaledLogProbHead(model, TEMPERATURE, k=2.0)
-    _, era = one_pass_era_logprobs(model, head, input_ids, attention_mask, labels, factors, factors != 1.0)
-    reference = reference_logprobs(model, input_ids, attention_mask, factors)
-    scored = (labels[:, -NUM_SCORED:] != -100).double()
+    _, era, reference, scored = one_pass_against_reference(model)
     torch.testing.assert_close(era * scored, reference * scored, **TOLERANCES["float64"])
     weights = torch.randn(scored.shape, generator=generator, dtype=torch.float64) * scored
     assert_gradients_close(model, era, model, reference, weights, "float64")
@@ -286,20 +318,14 @@ def test_one_pass_under_bfloat16_autocast_matches_the_reference(monkeypatch):
     many_tiles(monkeypatch)
     model, reference_model = patched_models("float32")
     input_ids, attention_mask, labels = make_batch(VOCAB_SIZE)
-    sharpen, flatten = response_factor_values(2.0)
-    factors = torch.tensor([1.0, sharpen, flatten, 1.0, sharpen, flatten])
-    head = ScaledLogProbHead(model, TEMPERATURE, k=2.0)
     weights = torch.randn((6, NUM_SCORED), generator=torch.Generator().manual_seed(10), dtype=torch.float64)
-    scored = (labels[:, -NUM_SCORED:] != -100).double()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         trl_logps, _ = fused_pass(model, input_ids, attention_mask, labels)
-        one_pass_logps, era = one_pass_era_logprobs(
-            model, head, input_ids, attention_mask, labels, factors, factors != 1.0
-        )
+        # The float64 reference model runs in float64 (autocast leaves float64 operations alone).
+        one_pass_logps, era, reference, scored = one_pass_against_reference(model, reference_model)
         got_gradients = gradients(model, era, (weights * scored).float())
-    reference = reference_logprobs(reference_model, input_ids, attention_mask, factors)
     assert era.dtype == torch.float32 and torch.equal(one_pass_logps, trl_logps)
-    assert torch.equal(era[factors == 1.0], trl_logps[factors == 1.0])
+    assert torch.equal(era[FACTORS == 1.0], trl_logps[FACTORS == 1.0])
     # bfloat16 logit tiles: the error of TRL's own log-probs at T sets the scale.
     torch.testing.assert_close(era.double() * scored, reference * scored, rtol=0.05, atol=0.05)
     expected_gradients = gradients(reference_model, reference, weights * scored)
@@ -312,11 +338,7 @@ def test_the_backward_folds_the_rows_kept_at_t_a_row_block_at_a_time_on_cpus(mon
     """TRL's torch fold holds float32 temporaries of the whole tile it gets: on CPUs it gets row blocks."""
     many_tiles(monkeypatch)
     model = patched_float64_model()
-    input_ids, attention_mask, labels = make_batch(VOCAB_SIZE)
-    sharpen, flatten = response_factor_values(2.0)
-    factors = torch.tensor([1.0, sharpen, flatten, 1.0, sharpen, flatten])
-    head = ScaledLogProbHead(model, TEMPERATURE, k=2.0)
-    _, era = one_pass_era_logprobs(model, head, input_ids, attention_mask, labels, factors, factors != 1.0)
+    era = one_pass_against_reference(model).era
     fold, folded_rows = logprobs._trl_backward_fold, []
 
     def recording_fold(tile, *args):
@@ -366,13 +388,7 @@ def test_one_pass_gradients_when_only_the_head_or_only_the_backbone_trains(train
     model = patched_float64_model()
     for name, parameter in model.named_parameters():
         parameter.requires_grad_(name.startswith("lm_head.") == (trained == "head"))
-    input_ids, attention_mask, labels = make_batch(VOCAB_SIZE)
-    sharpen, flatten = response_factor_values(2.0)
-    factors = torch.tensor([1.0, sharpen, flatten, 1.0, sharpen, flatten])
-    head = ScaledLogProbHead(model, TEMPERATURE, k=2.0)
-    _, era = one_pass_era_logprobs(model, head, input_ids, attention_mask, labels, factors, factors != 1.0)
-    reference = reference_logprobs(model, input_ids, attention_mask, factors)
-    scored = (labels[:, -NUM_SCORED:] != -100).double()
+    _, era, reference, scored = one_pass_against_reference(model)
     weights = (
         torch.randn(scored.shape, generator=torch.Generator().manual_seed(11), dtype=torch.float64) * scored
     )
