@@ -674,3 +674,63 @@ def test_topk_log_probs_follow_the_hidden_states_dtype_not_the_scales():
     assert logprobs.topk_token_logprobs(hidden.double(), head.double(), tokens, torch.ones(9), 5).dtype == (
         torch.float64
     )
+
+
+def test_without_top_k_a_head_call_needs_the_one_pass_scoring():
+    model = patched_float64_model()
+    input_ids, attention_mask, labels = make_batch(VOCAB_SIZE)
+    trl_logps, hidden = fused_pass(model, input_ids, attention_mask, labels)
+    head = ScaledLogProbHead(model, TEMPERATURE, k=2.0)
+    message = "^without top-k, ERA log-probs come from a forward run inside one_pass\\(\\.\\.\\.\\)$"
+    with pytest.raises(ValueError, match=message):
+        head(hidden, labels, torch.ones(6), trl_logps)
+
+
+def test_row_blocks_cover_the_token_range_with_the_runs_inside_it():
+    """Rows between the runs in blocks of at most `block` rows, each run inside the range as one block, no empty
+    block (nor one for the runs of other token chunks)."""
+    assert logprobs._row_blocks(0, 8, [(2, 4), (6, 8)], 3) == [
+        (0, 2, False),
+        (2, 4, True),
+        (4, 6, False),
+        (6, 8, True),
+    ]
+    assert logprobs._row_blocks(8, 16, [(2, 4), (9, 10), (16, 18)], 3) == [
+        (8, 9, False),
+        (9, 10, True),
+        (10, 13, False),
+        (13, 16, False),
+    ]
+
+
+def test_is_top1_as_trls_for_tied_logits_and_targets_above_the_earlier_logits_only(monkeypatch):
+    """TRL's `is_top1`: a target tied with an earlier logit for the largest is not top 1 (ties go to the first
+    index), and a target larger than every logit before it, but not the largest, is not either."""
+    many_tiles(monkeypatch)
+    model = build_model().double()
+    first, second = 5, 200  # in different vocabulary tiles
+    biased = nn.Linear(model.config.hidden_size, VOCAB_SIZE, bias=True).double()
+    with torch.no_grad():
+        biased.weight.copy_(model.lm_head.weight)
+        biased.weight[second] = biased.weight[first]
+        biased.bias.zero_()
+        biased.bias[[first, second]] = 50.0  # the two tied logits are the largest everywhere
+    model.lm_head = biased
+    add_fused_lm_head(model, temperature=TEMPERATURE, outputs=("log_probs", "is_top1"))
+    input_ids, attention_mask, labels = make_batch(VOCAB_SIZE)
+    input_ids[:, -NUM_SCORED:] = torch.tensor([second, second, first, first, 1, 1])[:, None]
+    labels = torch.where(labels == -100, labels, input_ids)
+    scored = labels[:, -NUM_SCORED:] != -100
+    with torch.no_grad():
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, -NUM_SCORED - 1 : -1]
+        plain = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, fused_lm_head=True)
+        head = ScaledLogProbHead(model, TEMPERATURE, k=2.0)
+        with head.one_pass(labels, torch.ones(6, dtype=torch.bool)) as scoring:
+            ours = model(
+                input_ids=input_ids, attention_mask=attention_mask, labels=labels, fused_lm_head=True
+            )
+    assert scoring.scaled_log_probs() is not None
+    top1 = plain.is_top1[:, -NUM_SCORED:]
+    assert not top1[:2][scored[:2]].any() and top1[2:4][scored[2:4]].all() and not top1[4:][scored[4:]].any()
+    assert (logits[4:, :, 1] > logits[4:, :, 0])[scored[4:]].any()  # eos above the one logit before it
+    assert torch.equal(ours.is_top1, plain.is_top1)
