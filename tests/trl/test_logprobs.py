@@ -734,3 +734,16 @@ def test_is_top1_as_trls_for_tied_logits_and_targets_above_the_earlier_logits_on
     assert not top1[:2][scored[:2]].any() and top1[2:4][scored[2:4]].all() and not top1[4:][scored[4:]].any()
     assert (logits[4:, :, 1] > logits[4:, :, 0])[scored[4:]].any()  # eos above the one logit before it
     assert torch.equal(ours.is_top1, plain.is_top1)
+
+
+def test_one_pass_gradients_when_trl_computes_no_entropy(monkeypatch):
+    """TRL's fused head asked for the log-probs only: the backward folds without the entropy output."""
+    many_tiles(monkeypatch)
+    model = build_model().double()
+    add_fused_lm_head(model, temperature=TEMPERATURE, outputs=("log_probs",))
+    _, era, reference, scored = one_pass_against_reference(model)
+    torch.testing.assert_close(era * scored, reference * scored, **TOLERANCES["float64"])
+    weights = (
+        torch.randn(scored.shape, generator=torch.Generator().manual_seed(12), dtype=torch.float64) * scored
+    )
+    assert_gradients_close(model, era, model, reference, weights, "float64")
