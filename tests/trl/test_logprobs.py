@@ -747,3 +747,12 @@ def test_one_pass_gradients_when_trl_computes_no_entropy(monkeypatch):
         torch.randn(scored.shape, generator=torch.Generator().manual_seed(12), dtype=torch.float64) * scored
     )
     assert_gradients_close(model, era, model, reference, weights, "float64")
+
+
+def test_row_runs_are_cut_at_token_chunks_and_into_row_blocks(monkeypatch):
+    """The runs of `True` rows, each cut where a token chunk ends and into pieces of at most `_ROW_BLOCK_SIZE`
+    rows."""
+    monkeypatch.setattr(logprobs, "_ROW_BLOCK_SIZE", 2)
+    mask = torch.tensor([0, 1, 1, 1, 1, 1, 0, 1, 1, 0, 0, 1], dtype=torch.bool)
+    assert logprobs._row_runs(mask, token_chunk=4) == [(1, 3), (3, 4), (4, 6), (7, 8), (8, 9), (11, 12)]
+    assert logprobs._row_runs(torch.zeros(5, dtype=torch.bool), token_chunk=4) == []
