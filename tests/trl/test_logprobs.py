@@ -203,14 +203,16 @@ def test_rows_kept_at_factor_one_get_trls_gradients_bit_for_bit():
         assert torch.equal(got, expected)
 
 
+# softcap = 2 T: z is exactly 2 per unit of tanh (a scale that must still be applied).
+@pytest.mark.parametrize("softcap", [2.0, 2 * TEMPERATURE], ids=["softcap-2", "softcap-2T"])
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-def test_softcapped_and_scaled_logits_match_the_transformed_reference(dtype, monkeypatch):
+def test_softcapped_and_scaled_logits_match_the_transformed_reference(dtype, softcap, monkeypatch):
     many_tiles(monkeypatch)
-    # TRL's fused head reads these config fields (Qwen2's own forward ignores them): z = 2 tanh(1.3 logits / 2) / T.
-    model, reference_model = patched_models(dtype, final_logit_softcapping=2.0, logit_scale=1.3)
+    # TRL's fused head reads these config fields (Qwen2's own forward ignores them): z = s tanh(1.3 logits / s) / T.
+    model, reference_model = patched_models(dtype, final_logit_softcapping=softcap, logit_scale=1.3)
 
     def transform(logits: torch.Tensor) -> torch.Tensor:
-        return 2.0 * torch.tanh(1.3 * logits / 2.0)
+        return softcap * torch.tanh(1.3 * logits / softcap)
 
     trl_logps, era, reference, scored = one_pass_against_reference(
         model, reference_model, rescalable=torch.ones(6, dtype=torch.bool), transform=transform
@@ -756,3 +758,15 @@ def test_row_runs_are_cut_at_token_chunks_and_into_row_blocks(monkeypatch):
     mask = torch.tensor([0, 1, 1, 1, 1, 1, 0, 1, 1, 0, 0, 1], dtype=torch.bool)
     assert logprobs._row_runs(mask, token_chunk=4) == [(1, 3), (3, 4), (4, 6), (7, 8), (8, 9), (11, 12)]
     assert logprobs._row_runs(torch.zeros(5, dtype=torch.bool), token_chunk=4) == []
+
+
+def test_a_one_pass_for_other_labels_than_the_forwards_is_refused():
+    model = patched_float64_model()
+    input_ids, attention_mask, labels = make_batch(VOCAB_SIZE)
+    head = ScaledLogProbHead(model, TEMPERATURE, k=2.0)
+    message = "^TRL's fused LM head scored an unexpected set of positions$"
+    with (
+        pytest.raises(RuntimeError, match=message),
+        head.one_pass(labels[:, 1:], torch.ones(6, dtype=torch.bool)),
+    ):
+        fused_pass(model, input_ids, attention_mask, labels)
