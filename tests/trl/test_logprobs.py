@@ -770,3 +770,10 @@ def test_a_one_pass_for_other_labels_than_the_forwards_is_refused():
         head.one_pass(labels[:, 1:], torch.ones(6, dtype=torch.bool)),
     ):
         fused_pass(model, input_ids, attention_mask, labels)
+
+
+def test_unscored_positions_of_rescaled_rows_read_zero_as_trls():
+    """Padding and prompt positions carry log-prob 0 in TRL's output; a rescaled row's do too."""
+    _, era, _, scored = one_pass_against_reference(patched_float64_model())
+    unscored = scored == 0
+    assert unscored[FACTORS != 1.0].any() and (era[unscored] == 0).all()
