@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 import warnings
 from collections.abc import Callable
 from typing import NamedTuple
@@ -508,7 +509,11 @@ def test_topk_rejects_k_above_vocabulary_and_heads_with_logit_transforms():
             VOCAB_SIZE + 1,
         )
     model.config.final_logit_softcapping = 30.0
-    with pytest.raises(NotImplementedError, match="final_logit_softcapping"):
+    message = (
+        "top-k ERA log-probs support LM heads without logit transforms; Qwen2ForCausalLM sets "
+        "['final_logit_softcapping']. Use topk=None (era_topk_logits=None) with this model."
+    )
+    with pytest.raises(NotImplementedError, match=f"^{re.escape(message)}$"):
         ScaledLogProbHead(model, TEMPERATURE, k=2.0, topk=20)
 
 
