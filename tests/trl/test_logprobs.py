@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import copy
+import re
 import warnings
+from collections.abc import Callable
+from typing import NamedTuple
 
 import pytest
 import torch
@@ -50,12 +53,22 @@ def fused_pass(model, input_ids, attention_mask, labels):
     return outputs.log_probs[:, -NUM_SCORED:], captured["last_hidden_state"]
 
 
-def reference_logprobs(model, input_ids, attention_mask, factors, topk=None):
-    """Spec 3.4/3.6 from the full float64 logits of the unpatched forward."""
-    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, -NUM_SCORED - 1 : -1]
-    return scaled_token_logprobs(
-        logits.double() / TEMPERATURE, input_ids[:, -NUM_SCORED:], factors, topk=topk
+def reference_logprobs(
+    model,
+    input_ids,
+    attention_mask,
+    factors,
+    topk=None,
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+):
+    """Spec 3.4/3.6 from the full float64 logits of the unpatched forward, after `transform` (a logit transform
+    such as softcapping that TRL's fused head applies before the temperature) if given."""
+    logits = (
+        model(input_ids=input_ids, attention_mask=attention_mask).logits[:, -NUM_SCORED - 1 : -1].double()
     )
+    if transform is not None:
+        logits = transform(logits)
+    return scaled_token_logprobs(logits / TEMPERATURE, input_ids[:, -NUM_SCORED:], factors, topk=topk)
 
 
 def patched_float64_model(device: str = "cpu"):
@@ -85,6 +98,38 @@ def one_pass_era_logprobs(model, head, input_ids, attention_mask, labels, factor
     with head.one_pass(labels, rescalable) as scoring:
         trl_logps, hidden = fused_pass(model, input_ids, attention_mask, labels)
     return trl_logps, head(hidden, labels, factors, trl_logps, scoring)
+
+
+#: The factors of `make_batch`'s rows at k = 2 in most tests: [1, sharpen, flatten] twice.
+FACTORS = torch.tensor([1.0, *response_factor_values(2.0)] * 2)
+
+
+class OnePassRun(NamedTuple):
+    trl_logps: torch.Tensor  # TRL's log-probs at T, from the same fused pass
+    era: torch.Tensor
+    reference: torch.Tensor  # float64
+    scored: torch.Tensor  # 1.0 on the completion tokens, 0.0 on padding (float64)
+
+
+def one_pass_against_reference(
+    model,
+    reference_model=None,
+    rescalable: torch.Tensor | None = None,
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> OnePassRun:
+    """ERA's log-probs of `make_batch` at `FACTORS` (k = 2) from one fused pass of `model`, the float64 reference
+    from `reference_model` (default: `model`; `transform` as in `reference_logprobs`) and the scored tokens. The
+    rows that may be rescaled are `rescalable` (default: those off factor 1)."""
+    input_ids, attention_mask, labels = make_batch(VOCAB_SIZE)
+    head = ScaledLogProbHead(model, TEMPERATURE, k=2.0)
+    rescalable = FACTORS != 1.0 if rescalable is None else rescalable
+    trl_logps, era = one_pass_era_logprobs(
+        model, head, input_ids, attention_mask, labels, FACTORS, rescalable
+    )
+    reference_model = model if reference_model is None else reference_model
+    reference = reference_logprobs(reference_model, input_ids, attention_mask, FACTORS, transform=transform)
+    scored = (labels[:, -NUM_SCORED:] != -100).double()
+    return OnePassRun(trl_logps, era, reference, scored)
 
 
 def many_tiles(monkeypatch) -> None:
@@ -159,26 +204,22 @@ def test_rows_kept_at_factor_one_get_trls_gradients_bit_for_bit():
         assert torch.equal(got, expected)
 
 
+# softcap = 2 T: z is exactly 2 per unit of tanh (a scale that must still be applied).
+@pytest.mark.parametrize("softcap", [2.0, 2 * TEMPERATURE], ids=["softcap-2", "softcap-2T"])
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-def test_softcapped_and_scaled_logits_match_the_transformed_reference(dtype, monkeypatch):
+def test_softcapped_and_scaled_logits_match_the_transformed_reference(dtype, softcap, monkeypatch):
     many_tiles(monkeypatch)
-    # TRL's fused head reads these config fields (Qwen2's own forward ignores them): z = 2 tanh(1.3 logits / 2) / T.
-    model, reference_model = patched_models(dtype, final_logit_softcapping=2.0, logit_scale=1.3)
-    input_ids, attention_mask, labels = make_batch(model.config.vocab_size)
-    sharpen, flatten = response_factor_values(2.0)
-    factors = torch.tensor([1.0, sharpen, flatten, 1.0, sharpen, flatten])
-    head = ScaledLogProbHead(model, TEMPERATURE, k=2.0)
-    trl_logps, era = one_pass_era_logprobs(
-        model, head, input_ids, attention_mask, labels, factors, torch.ones(6, dtype=torch.bool)
-    )
-    logits = reference_model(input_ids=input_ids, attention_mask=attention_mask).logits[
-        :, -NUM_SCORED - 1 : -1
-    ]
-    transformed = 2.0 * torch.tanh(1.3 * logits.double() / 2.0) / TEMPERATURE
-    reference = scaled_token_logprobs(transformed, input_ids[:, -NUM_SCORED:], factors)
-    scored = (labels[:, -NUM_SCORED:] != -100).double()
+    # TRL's fused head reads these config fields (Qwen2's own forward ignores them): z = s tanh(1.3 logits / s) / T.
+    model, reference_model = patched_models(dtype, final_logit_softcapping=softcap, logit_scale=1.3)
 
-    plain = scaled_token_logprobs(transformed, input_ids[:, -NUM_SCORED:], torch.ones(6))
+    def transform(logits: torch.Tensor) -> torch.Tensor:
+        return softcap * torch.tanh(1.3 * logits / softcap)
+
+    trl_logps, era, reference, scored = one_pass_against_reference(
+        model, reference_model, rescalable=torch.ones(6, dtype=torch.bool), transform=transform
+    )
+    input_ids, attention_mask, _ = make_batch(VOCAB_SIZE)
+    plain = reference_logprobs(reference_model, input_ids, attention_mask, torch.ones(6), transform=transform)
     torch.testing.assert_close(trl_logps.double() * scored, plain * scored, **TOLERANCES[dtype])
     torch.testing.assert_close(era.double() * scored, reference * scored, **TOLERANCES[dtype])
     weights = (
@@ -269,13 +310,7 @@ def test_a_biased_lm_head_matches_the_reference_with_the_bias_gradient(monkeypat
         biased.bias.copy_(torch.randn(VOCAB_SIZE, generator=generator, dtype=torch.float64))
     model.lm_head = biased
     add_fused_lm_head(model, temperature=TEMPERATURE, outputs=("log_probs", "entropy"))
-    input_ids, attention_mask, labels = make_batch(VOCAB_SIZE)
-    sharpen, flatten = response_factor_values(2.0)
-    factors = torch.tensor([1.0, sharpen, flatten, 1.0, sharpen, flatten])
-    head = ScaledLogProbHead(model, TEMPERATURE, k=2.0)
-    _, era = one_pass_era_logprobs(model, head, input_ids, attention_mask, labels, factors, factors != 1.0)
-    reference = reference_logprobs(model, input_ids, attention_mask, factors)
-    scored = (labels[:, -NUM_SCORED:] != -100).double()
+    _, era, reference, scored = one_pass_against_reference(model)
     torch.testing.assert_close(era * scored, reference * scored, **TOLERANCES["float64"])
     weights = torch.randn(scored.shape, generator=generator, dtype=torch.float64) * scored
     assert_gradients_close(model, era, model, reference, weights, "float64")
@@ -286,20 +321,14 @@ def test_one_pass_under_bfloat16_autocast_matches_the_reference(monkeypatch):
     many_tiles(monkeypatch)
     model, reference_model = patched_models("float32")
     input_ids, attention_mask, labels = make_batch(VOCAB_SIZE)
-    sharpen, flatten = response_factor_values(2.0)
-    factors = torch.tensor([1.0, sharpen, flatten, 1.0, sharpen, flatten])
-    head = ScaledLogProbHead(model, TEMPERATURE, k=2.0)
     weights = torch.randn((6, NUM_SCORED), generator=torch.Generator().manual_seed(10), dtype=torch.float64)
-    scored = (labels[:, -NUM_SCORED:] != -100).double()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         trl_logps, _ = fused_pass(model, input_ids, attention_mask, labels)
-        one_pass_logps, era = one_pass_era_logprobs(
-            model, head, input_ids, attention_mask, labels, factors, factors != 1.0
-        )
+        # The float64 reference model runs in float64 (autocast leaves float64 operations alone).
+        one_pass_logps, era, reference, scored = one_pass_against_reference(model, reference_model)
         got_gradients = gradients(model, era, (weights * scored).float())
-    reference = reference_logprobs(reference_model, input_ids, attention_mask, factors)
     assert era.dtype == torch.float32 and torch.equal(one_pass_logps, trl_logps)
-    assert torch.equal(era[factors == 1.0], trl_logps[factors == 1.0])
+    assert torch.equal(era[FACTORS == 1.0], trl_logps[FACTORS == 1.0])
     # bfloat16 logit tiles: the error of TRL's own log-probs at T sets the scale.
     torch.testing.assert_close(era.double() * scored, reference * scored, rtol=0.05, atol=0.05)
     expected_gradients = gradients(reference_model, reference, weights * scored)
@@ -312,11 +341,7 @@ def test_the_backward_folds_the_rows_kept_at_t_a_row_block_at_a_time_on_cpus(mon
     """TRL's torch fold holds float32 temporaries of the whole tile it gets: on CPUs it gets row blocks."""
     many_tiles(monkeypatch)
     model = patched_float64_model()
-    input_ids, attention_mask, labels = make_batch(VOCAB_SIZE)
-    sharpen, flatten = response_factor_values(2.0)
-    factors = torch.tensor([1.0, sharpen, flatten, 1.0, sharpen, flatten])
-    head = ScaledLogProbHead(model, TEMPERATURE, k=2.0)
-    _, era = one_pass_era_logprobs(model, head, input_ids, attention_mask, labels, factors, factors != 1.0)
+    era = one_pass_against_reference(model).era
     fold, folded_rows = logprobs._trl_backward_fold, []
 
     def recording_fold(tile, *args):
@@ -366,13 +391,7 @@ def test_one_pass_gradients_when_only_the_head_or_only_the_backbone_trains(train
     model = patched_float64_model()
     for name, parameter in model.named_parameters():
         parameter.requires_grad_(name.startswith("lm_head.") == (trained == "head"))
-    input_ids, attention_mask, labels = make_batch(VOCAB_SIZE)
-    sharpen, flatten = response_factor_values(2.0)
-    factors = torch.tensor([1.0, sharpen, flatten, 1.0, sharpen, flatten])
-    head = ScaledLogProbHead(model, TEMPERATURE, k=2.0)
-    _, era = one_pass_era_logprobs(model, head, input_ids, attention_mask, labels, factors, factors != 1.0)
-    reference = reference_logprobs(model, input_ids, attention_mask, factors)
-    scored = (labels[:, -NUM_SCORED:] != -100).double()
+    _, era, reference, scored = one_pass_against_reference(model)
     weights = (
         torch.randn(scored.shape, generator=torch.Generator().manual_seed(11), dtype=torch.float64) * scored
     )
@@ -490,7 +509,11 @@ def test_topk_rejects_k_above_vocabulary_and_heads_with_logit_transforms():
             VOCAB_SIZE + 1,
         )
     model.config.final_logit_softcapping = 30.0
-    with pytest.raises(NotImplementedError, match="final_logit_softcapping"):
+    message = (
+        "top-k ERA log-probs support LM heads without logit transforms; Qwen2ForCausalLM sets "
+        "['final_logit_softcapping']. Use topk=None (era_topk_logits=None) with this model."
+    )
+    with pytest.raises(NotImplementedError, match=f"^{re.escape(message)}$"):
         ScaledLogProbHead(model, TEMPERATURE, k=2.0, topk=20)
 
 
@@ -658,3 +681,104 @@ def test_topk_log_probs_follow_the_hidden_states_dtype_not_the_scales():
     assert logprobs.topk_token_logprobs(hidden.double(), head.double(), tokens, torch.ones(9), 5).dtype == (
         torch.float64
     )
+
+
+def test_without_top_k_a_head_call_needs_the_one_pass_scoring():
+    model = patched_float64_model()
+    input_ids, attention_mask, labels = make_batch(VOCAB_SIZE)
+    trl_logps, hidden = fused_pass(model, input_ids, attention_mask, labels)
+    head = ScaledLogProbHead(model, TEMPERATURE, k=2.0)
+    message = "^without top-k, ERA log-probs come from a forward run inside one_pass\\(\\.\\.\\.\\)$"
+    with pytest.raises(ValueError, match=message):
+        head(hidden, labels, torch.ones(6), trl_logps)
+
+
+def test_row_blocks_cover_the_token_range_with_the_runs_inside_it():
+    """Rows between the runs in blocks of at most `block` rows, each run inside the range as one block, no empty
+    block (nor one for the runs of other token chunks)."""
+    assert logprobs._row_blocks(0, 8, [(2, 4), (6, 8)], 3) == [
+        (0, 2, False),
+        (2, 4, True),
+        (4, 6, False),
+        (6, 8, True),
+    ]
+    assert logprobs._row_blocks(8, 16, [(2, 4), (9, 10), (16, 18)], 3) == [
+        (8, 9, False),
+        (9, 10, True),
+        (10, 13, False),
+        (13, 16, False),
+    ]
+
+
+def test_is_top1_as_trls_for_tied_logits_and_targets_above_the_earlier_logits_only(monkeypatch):
+    """TRL's `is_top1`: a target tied with an earlier logit for the largest is not top 1 (ties go to the first
+    index), and a target larger than every logit before it, but not the largest, is not either."""
+    many_tiles(monkeypatch)
+    model = build_model().double()
+    first, second = 5, 200  # in different vocabulary tiles
+    biased = nn.Linear(model.config.hidden_size, VOCAB_SIZE, bias=True).double()
+    with torch.no_grad():
+        biased.weight.copy_(model.lm_head.weight)
+        biased.weight[second] = biased.weight[first]
+        biased.bias.zero_()
+        biased.bias[[first, second]] = 50.0  # the two tied logits are the largest everywhere
+    model.lm_head = biased
+    add_fused_lm_head(model, temperature=TEMPERATURE, outputs=("log_probs", "is_top1"))
+    input_ids, attention_mask, labels = make_batch(VOCAB_SIZE)
+    input_ids[:, -NUM_SCORED:] = torch.tensor([second, second, first, first, 1, 1])[:, None]
+    labels = torch.where(labels == -100, labels, input_ids)
+    scored = labels[:, -NUM_SCORED:] != -100
+    with torch.no_grad():
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, -NUM_SCORED - 1 : -1]
+        plain = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, fused_lm_head=True)
+        head = ScaledLogProbHead(model, TEMPERATURE, k=2.0)
+        with head.one_pass(labels, torch.ones(6, dtype=torch.bool)) as scoring:
+            ours = model(
+                input_ids=input_ids, attention_mask=attention_mask, labels=labels, fused_lm_head=True
+            )
+    assert scoring.scaled_log_probs() is not None
+    top1 = plain.is_top1[:, -NUM_SCORED:]
+    assert not top1[:2][scored[:2]].any() and top1[2:4][scored[2:4]].all() and not top1[4:][scored[4:]].any()
+    assert (logits[4:, :, 1] > logits[4:, :, 0])[scored[4:]].any()  # eos above the one logit before it
+    assert torch.equal(ours.is_top1, plain.is_top1)
+
+
+def test_one_pass_gradients_when_trl_computes_no_entropy(monkeypatch):
+    """TRL's fused head asked for the log-probs only: the backward folds without the entropy output."""
+    many_tiles(monkeypatch)
+    model = build_model().double()
+    add_fused_lm_head(model, temperature=TEMPERATURE, outputs=("log_probs",))
+    _, era, reference, scored = one_pass_against_reference(model)
+    torch.testing.assert_close(era * scored, reference * scored, **TOLERANCES["float64"])
+    weights = (
+        torch.randn(scored.shape, generator=torch.Generator().manual_seed(12), dtype=torch.float64) * scored
+    )
+    assert_gradients_close(model, era, model, reference, weights, "float64")
+
+
+def test_row_runs_are_cut_at_token_chunks_and_into_row_blocks(monkeypatch):
+    """The runs of `True` rows, each cut where a token chunk ends and into pieces of at most `_ROW_BLOCK_SIZE`
+    rows."""
+    monkeypatch.setattr(logprobs, "_ROW_BLOCK_SIZE", 2)
+    mask = torch.tensor([0, 1, 1, 1, 1, 1, 0, 1, 1, 0, 0, 1], dtype=torch.bool)
+    assert logprobs._row_runs(mask, token_chunk=4) == [(1, 3), (3, 4), (4, 6), (7, 8), (8, 9), (11, 12)]
+    assert logprobs._row_runs(torch.zeros(5, dtype=torch.bool), token_chunk=4) == []
+
+
+def test_a_one_pass_for_other_labels_than_the_forwards_is_refused():
+    model = patched_float64_model()
+    input_ids, attention_mask, labels = make_batch(VOCAB_SIZE)
+    head = ScaledLogProbHead(model, TEMPERATURE, k=2.0)
+    message = "^TRL's fused LM head scored an unexpected set of positions$"
+    with (
+        pytest.raises(RuntimeError, match=message),
+        head.one_pass(labels[:, 1:], torch.ones(6, dtype=torch.bool)),
+    ):
+        fused_pass(model, input_ids, attention_mask, labels)
+
+
+def test_unscored_positions_of_rescaled_rows_read_zero_as_trls():
+    """Padding and prompt positions carry log-prob 0 in TRL's output; a rescaled row's do too."""
+    _, era, _, scored = one_pass_against_reference(patched_float64_model())
+    unscored = scored == 0
+    assert unscored[FACTORS != 1.0].any() and (era[unscored] == 0).all()
