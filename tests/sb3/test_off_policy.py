@@ -32,6 +32,18 @@ from sb3_era import (
 OFF_POLICY = [ERASAC, ERATQC, ERACrossQ]
 TRAIN_STEPS = 300
 FLOAT_TOLERANCE = 1e-5
+# The ERA actor's keyword defaults, written out (a changed default must fail the tests that compare with it).
+ERA_DEFAULTS = dict(
+    target_entropy=None,
+    target_entropy_per_dim=None,
+    log_std_min=-8.0,
+    log_std_max=0.0,
+    action_distribution="truncated",
+    delta=0.0,
+    learn_delta=False,
+    floor="state",
+    floor_momentum=0.01,
+)
 
 
 def _train(algo, env, steps: int = TRAIN_STEPS, **kwargs):
@@ -291,19 +303,8 @@ def test_era_actor_built_directly_has_the_policys_defaults(actor_class):
     policy_actor = ERASACPolicy(
         ReachTargetEnv().observation_space, ReachTargetEnv().action_space, lambda _: 1e-3
     ).actor
-    era_knobs = dict(
-        target_entropy=None,
-        target_entropy_per_dim=None,
-        log_std_min=-8.0,
-        log_std_max=0.0,
-        action_distribution="truncated",
-        delta=0.0,
-        learn_delta=False,
-        floor="state",
-        floor_momentum=0.01,
-    )
-    assert actor.era_kwargs == policy_actor.era_kwargs == era_knobs
-    assert {k: v for k, v in actor._get_constructor_parameters().items() if k in era_knobs} == era_knobs
+    assert actor.era_kwargs == policy_actor.era_kwargs == ERA_DEFAULTS
+    assert {k: v for k, v in actor._get_constructor_parameters().items() if k in ERA_DEFAULTS} == ERA_DEFAULTS
     assert isinstance(actor.era, GaussianERA) and isinstance(actor.action_dist, TruncatedNormalDistribution)
     assert (actor.era.log_std_min, actor.era.log_std_max, actor.era.target_entropy) == (-8.0, 0.0, -1.5)
     assert actor.era.delta.item() == 0.0 and not actor.era.learn_delta
@@ -318,15 +319,12 @@ def test_era_actor_passes_every_knob_to_its_era_module():
     assert (era.target_entropy, era.log_std_min, era.log_std_max, era.learn_delta) == (-3.0, -5.0, 0.5, True)
     assert era.delta.item() == pytest.approx(0.2)
     assert actor.era_kwargs == dict(
-        target_entropy=None,
+        ERA_DEFAULTS,
         target_entropy_per_dim=-1.0,
         log_std_min=-5.0,
         log_std_max=0.5,
-        action_distribution="truncated",
         delta=0.2,
         learn_delta=True,
-        floor="state",
-        floor_momentum=0.01,
     )
     assert _direct_actor(target_entropy=-2.0).era.target_entropy == -2.0
     batch = _direct_actor(floor="batch", floor_momentum=0.5, log_std_min=-5.0, log_std_max=0.5).era
@@ -367,13 +365,11 @@ def test_make_actor_builds_an_era_actor_on_the_given_features_extractor(policy_c
 def test_policy_passes_and_saves_every_era_knob(policy_class):
     env = ReachTargetEnv()
     knobs = dict(
+        ERA_DEFAULTS,
         target_entropy=-2.0,
-        target_entropy_per_dim=None,
         log_std_min=-6.0,
         log_std_max=0.5,
         action_distribution="tanh",
-        delta=0.0,
-        learn_delta=False,
         floor="batch",
         floor_momentum=0.05,
     )
