@@ -139,6 +139,7 @@ def many_tiles(monkeypatch) -> None:
     monkeypatch.setattr(trl_utils, "_CHUNKED_LOGPROB_CHUNK_SIZE", 5)
     monkeypatch.setattr(trl_kernels, "TOKEN_CHUNK_SIZE", 4)
     monkeypatch.setattr(logprobs, "_ROW_BLOCK_SIZE", 2)
+    monkeypatch.setattr(logprobs, "_TRITON_RUN_SIZE", 2)
 
 
 # float64 checks the maths to TRL's float32 fold; float32 runs the fast path that works in place on the logit tile.
@@ -756,13 +757,19 @@ def test_one_pass_gradients_when_trl_computes_no_entropy(monkeypatch):
     assert_gradients_close(model, era, model, reference, weights, "float64")
 
 
-def test_row_runs_are_cut_at_token_chunks_and_into_row_blocks(monkeypatch):
-    """The runs of `True` rows, each cut where a token chunk ends and into pieces of at most `_ROW_BLOCK_SIZE`
-    rows."""
-    monkeypatch.setattr(logprobs, "_ROW_BLOCK_SIZE", 2)
+def test_row_runs_are_cut_at_token_chunks_and_into_row_blocks():
+    """The runs of `True` rows, each cut where a token chunk ends and into pieces of at most `max_rows` rows."""
     mask = torch.tensor([0, 1, 1, 1, 1, 1, 0, 1, 1, 0, 0, 1], dtype=torch.bool)
-    assert logprobs._row_runs(mask, token_chunk=4) == [(1, 3), (3, 4), (4, 6), (7, 8), (8, 9), (11, 12)]
-    assert logprobs._row_runs(torch.zeros(5, dtype=torch.bool), token_chunk=4) == []
+    assert logprobs._row_runs(mask, token_chunk=4, max_rows=2) == [
+        (1, 3),
+        (3, 4),
+        (4, 6),
+        (7, 8),
+        (8, 9),
+        (11, 12),
+    ]
+    assert logprobs._row_runs(mask, token_chunk=4, max_rows=4) == [(1, 4), (4, 6), (7, 8), (8, 9), (11, 12)]
+    assert logprobs._row_runs(torch.zeros(5, dtype=torch.bool), token_chunk=4, max_rows=2) == []
 
 
 def test_a_one_pass_for_other_labels_than_the_forwards_is_refused():
