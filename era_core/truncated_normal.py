@@ -97,6 +97,7 @@ class _TorchOps:
     abs = staticmethod(torch.abs)
     exp = staticmethod(torch.exp)
     log = staticmethod(torch.log)
+    log1p = staticmethod(torch.log1p)
     expm1 = staticmethod(torch.expm1)
     logaddexp = staticmethod(torch.logaddexp)
     log_ndtr = staticmethod(torch.special.log_ndtr)
@@ -123,6 +124,7 @@ def _scipy_ops() -> type | None:
         abs = staticmethod(np.abs)
         exp = staticmethod(np.exp)
         log = staticmethod(np.log)
+        log1p = staticmethod(np.log1p)
         expm1 = staticmethod(np.expm1)
         logaddexp = staticmethod(np.logaddexp)
         log_ndtr = staticmethod(special.log_ndtr)
@@ -177,15 +179,45 @@ def _sample_and_log_prob_in_interval(ops, loc, scale, center: float, half_width:
     quantile ``z`` it is made of: ``-z^2 / 2 - ln(2 pi) / 2 - ln(scale) - ln(Z)``. Written once for any array
     library whose functions ``ops`` names (:class:`_TorchOps`, :func:`_scipy_ops`); without gradient.
     """
-    mirrored = loc < center
-    log_phi_a, log_z = _log_normalizer_in_interval(ops, loc, scale, center, half_width)
-    # Below 0, where the quantile is finite: u <= 1 - eps keeps Phi(a) + u Z below Phi(b) <= 1 even rounded.
-    log_p = ops.logaddexp(log_phi_a, ops.log(u) + log_z)
-    z = ops.ndtri_exp(log_p)
-    z = ops.where(mirrored, -z, z)
+    z, log_z = _standardized_sample_in_interval(ops, loc, scale, center, half_width, u)
     x = ops.clip(loc + scale * z, center - half_width, center + half_width)
     log_prob = -(0.5 * z * z + (_HALF_LOG_2PI + ops.log(scale) + log_z))
     return x, log_prob
+
+
+def _standardized_sample_in_interval(ops, loc, scale, center: float, half_width: float, u):
+    """``(z, ln Z)``: the standardised sample ``z = (x - loc) / scale`` of level ``u`` in the mirror image of
+    :func:`_sample_and_log_prob_in_interval`, and the log-normaliser."""
+    log_phi_a, log_z = _log_normalizer_in_interval(ops, loc, scale, center, half_width)
+    # Below 0, where the quantile is finite: u <= 1 - eps keeps Phi(a) + u Z below Phi(b) <= 1 even rounded.
+    z = ops.ndtri_exp(ops.logaddexp(log_phi_a, ops.log(u) + log_z))
+    return ops.where(loc < center, -z, z), log_z
+
+
+def _reparameterized_sample_in_interval(
+    ops, loc, scale, center: float, half_width: float, u, derivatives: bool
+):
+    """``x = icdf(u)`` on ``[center - half_width, center + half_width]`` and, if ``derivatives``, ``(dx/d loc,
+    dx/d scale)`` (formulas in :class:`_ReparameterizedSample`), else ``None``.
+
+    The quantile of :func:`_standardized_sample_in_interval` at level ``1 - u`` below the centre and ``u`` above,
+    which is ``icdf(u)`` itself. Written once for any array library whose functions ``ops`` names.
+    """
+    low, high = center - half_width, center + half_width
+    z, _ = _standardized_sample_in_interval(
+        ops, loc, scale, center, half_width, ops.where(loc < center, 1.0 - u, u)
+    )
+    raw = loc + scale * z
+    x = ops.clip(raw, low, high)
+    if not derivatives:
+        return x, None
+    alpha, beta = (low - loc) / scale, (high - loc) / scale
+    # w_a = (1 - u) phi(alpha) / phi(z), w_b = u phi(beta) / phi(z).
+    w_a = ops.exp(ops.log1p(-u) + 0.5 * (z * z - alpha * alpha))
+    w_b = ops.exp(ops.log(u) + 0.5 * (z * z - beta * beta))
+    # A clamped sample does not move with the parameters (as the clamp's own gradient says).
+    inside = (raw >= low) & (raw <= high)
+    return x, (ops.where(inside, 1.0 - w_a - w_b, 0.0), ops.where(inside, z - alpha * w_a - beta * w_b, 0.0))
 
 
 class _ReparameterizedSample(torch.autograd.Function):
@@ -194,11 +226,33 @@ class _ReparameterizedSample(torch.autograd.Function):
     Differentiating ``Phi((x - loc) / scale) = (1 - u) Phi(alpha) + u Phi(beta)`` gives, with ``z = (x - loc) /
     scale``, ``w_a = (1 - u) phi(alpha) / phi(z)`` and ``w_b = u phi(beta) / phi(z)``:
     ``dx/dloc = 1 - w_a - w_b`` and ``dx/dscale = z - alpha w_a - beta w_b``. The forward records no graph and
-    the backward is two products, instead of differentiating the few dozen operations of the quantile.
+    the backward is two products, instead of differentiating the few dozen operations of the quantile. With
+    number bounds the forward is :func:`_reparameterized_sample_in_interval`, on the CPU in float64 through
+    NumPy and SciPy (:func:`_array_ops`): SAC's batch of a few hundred states costs torch's per-operation
+    dispatch more than arithmetic.
     """
 
     @staticmethod
     def forward(ctx, loc, scale, u, low, high, standardized_bounds=None):
+        derivatives = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        if isinstance(low, Number) and isinstance(high, Number):
+            ops = _array_ops(loc)
+            center, half_width = 0.5 * (low + high), 0.5 * (high - low)
+            if ops is _TorchOps:
+                x, saved = _reparameterized_sample_in_interval(
+                    ops, loc, scale, center, half_width, u, derivatives
+                )
+            else:
+                dtype = loc.detach().numpy().dtype
+                loc, scale, u = (t.detach().numpy().astype("float64") for t in (loc, scale, u))
+                x, saved = _reparameterized_sample_in_interval(
+                    ops, loc, scale, center, half_width, u, derivatives
+                )
+                x = ops.to_tensor(x, dtype)
+                saved = saved and tuple(ops.to_tensor(d, dtype) for d in saved)
+            if derivatives:
+                ctx.save_for_backward(*saved)
+            return x
         if standardized_bounds is None:
             alpha, beta = (low - loc) / scale, (high - loc) / scale
             log_z = log_ndtr_diff(beta, alpha)
@@ -207,7 +261,7 @@ class _ReparameterizedSample(torch.autograd.Function):
         z = _standard_quantile(alpha, beta, log_z, u)
         raw = loc + scale * z
         x = raw.clamp(low, high)
-        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+        if derivatives:
             log_pdf_z = _log_normal_pdf(z)
             w_a = torch.exp(torch.log1p(-u) + _log_normal_pdf(alpha) - log_pdf_z)
             w_b = torch.exp(torch.log(u) + _log_normal_pdf(beta) - log_pdf_z)
@@ -596,10 +650,11 @@ class TruncatedNormal(Distribution):
         eps = torch.finfo(self.loc.dtype).eps
         u = torch.rand(shape, dtype=self.loc.dtype, device=self.loc.device).clamp(eps, 1.0 - eps)
         low, high = (v.expand(shape) if isinstance(v, torch.Tensor) else v for v in (self.low, self.high))
-        # Without gradient (e.g. a rollout) the distribution's own alpha, beta and log Z are computed once and
-        # shared with a later log_prob; with gradient they are computed without a graph inside the Function.
+        # Number bounds take the one-pass formula. With tensor bounds and without gradient the distribution's own
+        # alpha, beta and log Z are computed once and shared with a later log_prob; with gradient they are
+        # computed without a graph inside the Function.
         bounds = None
-        if not torch.is_grad_enabled():
+        if isinstance(low, torch.Tensor) and not torch.is_grad_enabled():
             bounds = tuple(t.expand(shape) for t in (self._alpha, self._beta, self._log_z))
         x = _ReparameterizedSample.apply(
             self.loc.expand(shape), self.scale.expand(shape), u, low, high, bounds
