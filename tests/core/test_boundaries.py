@@ -115,11 +115,16 @@ def test_topk_log_prob_counts_a_tie_with_the_kth_logit_as_inside() -> None:
 # --- era_core.truncated_normal ------------------------------------------------------------------------
 
 
+# Number bounds take the one-pass formula, tensor bounds (as TruncatedNormal passes them) the quantile of icdf.
+BOUNDS = {"numbers": (-1.0, 1.0), "tensors": (torch.tensor([-1.0]), torch.tensor([1.0]))}
+
+
+@pytest.mark.parametrize("bounds", sorted(BOUNDS))
 @pytest.mark.parametrize("case", [ROUNDS_BELOW_LOW, ROUNDS_ABOVE_HIGH], ids=["low", "high"])
-def test_quantiles_that_round_past_a_bound_are_clamped_onto_it(case) -> None:
+def test_quantiles_that_round_past_a_bound_are_clamped_onto_it(case, bounds: str) -> None:
     loc, scale, u = (torch.tensor([value], dtype=torch.float32) for value in case)
     dist = TruncatedNormal(loc, scale, -1.0, 1.0)
-    for x in (dist.icdf(u), _ReparameterizedSample.apply(loc, scale, u, -1.0, 1.0)):
+    for x in (dist.icdf(u), _ReparameterizedSample.apply(loc, scale, u, *BOUNDS[bounds])):
         assert -1.0 <= x.item() <= 1.0
 
 
@@ -142,7 +147,7 @@ def test_one_parameter_alone_gets_the_closed_form_gradient(wrt) -> None:
     torch.testing.assert_close(params[wrt].grad, expected)
 
 
-@pytest.mark.parametrize("backend", ["torch", "scipy"])
+@pytest.mark.parametrize("backend", ["torch", "scipy", "tensor-bounds"])
 def test_a_sample_clamped_onto_a_bound_gets_no_gradient(
     backend: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -151,10 +156,12 @@ def test_a_sample_clamped_onto_a_bound_gets_no_gradient(
     loc, scale, u = (torch.tensor([value], dtype=torch.float32) for value in ROUNDS_BELOW_LOW)
     loc.requires_grad_(True)
     scale.requires_grad_(True)
-    x = _ReparameterizedSample.apply(loc, scale, u, -1.0, 1.0)
+    x = _ReparameterizedSample.apply(
+        loc, scale, u, *BOUNDS["tensors" if backend == "tensor-bounds" else "numbers"]
+    )
     x.sum().backward()
     assert x.item() == -1.0
-    if backend == "torch":  # float32 rounds the quantile past the bound: clamped, it does not move
+    if backend != "scipy":  # float32 rounds the quantile past the bound: clamped, it does not move
         assert loc.grad.item() == 0.0
         assert scale.grad.item() == 0.0
     else:  # float64 keeps it a hair inside: its own (vanishing) derivatives, rounded to -1.0 in float32
@@ -193,9 +200,11 @@ def test_batch_floor_module_in_float64_updates_its_running_shift() -> None:
 
 
 @pytest.mark.parametrize("drawn", [0.0, 1.0 - F32_EPS / 2], ids=["zero", "largest-below-one"])
-def test_rsample_keeps_its_uniform_draw_inside_eps_and_one_minus_eps(drawn, monkeypatch) -> None:
-    # torch.rand draws from [0, 1): its extreme values are moved to eps and 1 - eps, as the docstring says.
-    dist = TruncatedNormal(torch.tensor([0.3]), torch.tensor([0.8]))
+@pytest.mark.parametrize(("loc", "scale"), [(0.3, 0.8), (-0.9, 0.05), (0.9, 0.05)])
+def test_rsample_keeps_its_uniform_draw_inside_eps_and_one_minus_eps(drawn, loc, scale, monkeypatch) -> None:
+    # torch.rand draws from [0, 1): its extreme values are moved to eps and 1 - eps, as the docstring says. Near a
+    # far bound (the last two cases) the quantile moves by ~1e-2 between those levels.
+    dist = TruncatedNormal(torch.tensor([loc]), torch.tensor([scale]))
     monkeypatch.setattr(torch, "rand", lambda shape, **kwargs: torch.full(shape, drawn, **kwargs))
     sample = dist.rsample()
     monkeypatch.undo()

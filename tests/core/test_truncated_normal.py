@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from scipy import integrate, stats
 
 from era_core import TruncatedNormal, ndtri_exp, truncated_normal
+from era_core.truncated_normal import _ReparameterizedSample
 
 MIN_SCALE = math.exp(-8.0)
 # (loc, scale): interior, near and at the bounds, the smallest scale the SAC actor produces, wide.
@@ -186,15 +187,17 @@ def test_ndtri_exp_matches_scipy_deep_in_the_tail() -> None:
     assert torch.isfinite(ndtri_exp(log_p.float())).all()
 
 
-def _rsample_and_reference(loc: torch.Tensor, scale: torch.Tensor, seed: int, shape=(64,)):
+def _rsample_and_reference(
+    loc: torch.Tensor, scale: torch.Tensor, seed: int, shape=(64,), low=-1.0, high=1.0
+):
     """The fused ``rsample`` and the autograd-through-``icdf`` reference for the same uniform draws."""
     leaves = [t.detach().clone().requires_grad_(True) for t in (loc, scale, loc, scale)]
     torch.manual_seed(seed)
-    fast = TruncatedNormal(leaves[0], leaves[1]).rsample(shape)
+    fast = TruncatedNormal(leaves[0], leaves[1], low, high).rsample(shape)
     torch.manual_seed(seed)
     eps = torch.finfo(loc.dtype).eps
     u = torch.rand(shape + loc.shape, dtype=loc.dtype).clamp(eps, 1.0 - eps)
-    reference = TruncatedNormal(leaves[2], leaves[3]).icdf(u)
+    reference = TruncatedNormal(leaves[2], leaves[3], low, high).icdf(u)
     weights = torch.linspace(-1.0, 2.0, fast.numel(), dtype=loc.dtype).reshape(fast.shape)
     (fast * weights).sum().backward()
     (reference * weights).sum().backward()
@@ -230,6 +233,39 @@ def test_fused_rsample_gradients_match_the_reference_everywhere(
     torch.testing.assert_close(fast, reference, rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(loc_f.grad, loc_r.grad, rtol=1e-6, atol=1e-8)
     torch.testing.assert_close(scale_f.grad, scale_r.grad, rtol=1e-6, atol=1e-8)
+
+
+BOUNDS_LOWS = torch.tensor([-2.0, -1.0, 0.0, -0.5, -3.0], dtype=torch.float64)
+BOUNDS_HIGHS = torch.tensor([0.5, 1.0, 2.0, 1.0, -1.0], dtype=torch.float64)
+
+
+@pytest.mark.parametrize(
+    ("low", "high"),
+    [(-2.0, 0.5), (0.0, 2.0), (BOUNDS_LOWS, 1.0), (-3.5, BOUNDS_HIGHS), (BOUNDS_LOWS, BOUNDS_HIGHS)],
+    ids=["numbers-left", "numbers-right", "tensor-low", "tensor-high", "tensors"],
+)
+def test_rsample_matches_the_icdf_reference_on_other_intervals(low, high, array_backend: str) -> None:
+    # Locations inside, near and outside each interval; number bounds take the one-pass formula, tensor bounds
+    # the quantile of icdf.
+    loc = torch.tensor([0.3, -0.9, 0.9, 1.5, -2.5], dtype=torch.float64)
+    scale = torch.tensor([0.8, 0.05, 0.05, 0.3, 1.0], dtype=torch.float64)
+    fast, reference, (loc_f, scale_f, loc_r, scale_r) = _rsample_and_reference(
+        loc, scale, 5, (32,), low, high
+    )
+    torch.testing.assert_close(fast, reference, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(loc_f.grad, loc_r.grad, rtol=1e-6, atol=1e-8)
+    torch.testing.assert_close(scale_f.grad, scale_r.grad, rtol=1e-6, atol=1e-8)
+
+
+def test_cpu_rsample_of_float32_parameters_is_the_float64_sample_rounded() -> None:
+    # SciPy's path computes in float64 and rounds once, at the end.
+    torch.manual_seed(6)
+    loc = torch.rand(64) * 2.4 - 1.2
+    scale = torch.exp(torch.rand(64) * 6.0 - 5.0)
+    u = torch.rand(64).clamp(torch.finfo(torch.float32).eps, 1.0 - torch.finfo(torch.float32).eps)
+    x32 = _ReparameterizedSample.apply(loc, scale, u, -1.0, 1.0)
+    x64 = _ReparameterizedSample.apply(loc.double(), scale.double(), u.double(), -1.0, 1.0)
+    assert x32.dtype == torch.float32 and torch.equal(x32, x64.float())
 
 
 def test_rsample_with_tensor_bounds_and_no_gradient() -> None:
