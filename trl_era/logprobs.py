@@ -135,7 +135,7 @@ class _TwoTemperatureLogProbs(torch.autograd.Function):
         scaled_sum_exp = torch.zeros((n_tokens, len(factors)), device=device, dtype=torch.float32)
         token_chunk = _trl_kernels.TOKEN_CHUNK_SIZE
         fold = _trl_kernels._forward_kernel if _trl_kernels._use_triton(device) else None
-        runs = _row_runs(rescalable, token_chunk, _ROW_BLOCK_SIZE if fold is None else _TRITON_RUN_SIZE)
+        runs = _row_runs(rescalable, token_chunk, _longest_run(fold is not None))
         mm_buf = torch.empty((min(n_tokens, token_chunk), chunk_size), device=device, dtype=compute_dtype)
         for token_start in range(0, n_tokens, token_chunk):
             token_end = min(token_start + token_chunk, n_tokens)
@@ -233,7 +233,7 @@ class _TwoTemperatureLogProbs(torch.autograd.Function):
             ]
             row_log_z = scaled_log_z.gather(-1, chosen).squeeze(-1)
             active = row_grad != 0
-            active_runs = _row_runs(active, token_chunk, _TRITON_RUN_SIZE if use_triton else _ROW_BLOCK_SIZE)
+            active_runs = _row_runs(active, token_chunk, _longest_run(use_triton))
             # Rows rescaled and without a gradient at T (the usual case: the loss reads them at their factor only)
             # get their gradient in place of TRL's fold, which would give them zero.
             overwrite = grad_entropy is None and (grad_logprobs is None or not grad_logprobs[active].any())
@@ -310,6 +310,11 @@ class _TwoTemperatureLogProbs(torch.autograd.Function):
             grad_bias.to(bias.dtype) if grad_bias is not None else None,
             *([None] * 8),
         )
+
+
+def _longest_run(use_triton: bool) -> int:
+    """Rows of one run of rescalable rows handled at once: TRL's Triton fold (GPUs) or its torch fold (CPUs)."""
+    return _TRITON_RUN_SIZE if use_triton else _ROW_BLOCK_SIZE
 
 
 def _row_runs(mask: torch.Tensor, token_chunk: int, max_rows: int) -> list[tuple[int, int]]:
