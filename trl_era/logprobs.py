@@ -716,14 +716,14 @@ class ScaledLogProbHead:
         if scoring is not None:
             scored = _equals_any(factors, scoring.factors) & scoring.rescalable
             problems.append((rescaled & ~scored).any())
-        problems = torch.stack(problems).tolist()
-        if problems[0]:
+        flags = torch.stack(problems).tolist()
+        if flags[0]:
             raise ValueError(
                 f"factors must be 1 or one of {sorted(self.factor_values)}, got {factors.tolist()}"
             )
         if scoring is None:
             raise ValueError("without top-k, ERA log-probs come from a forward run inside one_pass(...)")
-        if problems[1]:
+        if flags[1]:
             raise ValueError(
                 f"rows rescaled by {factors.tolist()}, but one_pass scored only the rows "
                 f"{scoring.rescalable.tolist()} at the factors {scoring.factors}"
