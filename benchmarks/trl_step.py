@@ -240,7 +240,11 @@ def measure(args: argparse.Namespace) -> list[dict]:
 
 
 def profile_ops(args: argparse.Namespace) -> dict:
-    """Per-op calls, self CPU time and self allocated memory (net) of one step of each mode (torch.profiler)."""
+    """Per-op calls, self time and self allocated memory (net) of one step of each mode (torch.profiler).
+
+    On a GPU the time is the op's own kernels' (``self_cuda_ms``, besides ``self_cpu_ms``) and the memory the
+    device's.
+    """
     import tempfile
 
     import torch
@@ -248,6 +252,7 @@ def profile_ops(args: argparse.Namespace) -> dict:
 
     torch.set_num_threads(args.threads)
     preset = PRESETS[args.preset]
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device == "cuda" else [])
     with tempfile.TemporaryDirectory() as output_dir:
         model = build_model(preset, args.device)
         batch = fixed_batch(preset, preset["config"]["vocab_size"], args.device)
@@ -257,7 +262,7 @@ def profile_ops(args: argparse.Namespace) -> dict:
             for _ in range(max(args.warmup, 1)):
                 trainer.compute_loss(model, batch).backward()
                 model.zero_grad(set_to_none=True)
-            with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            with profile(activities=activities, profile_memory=True) as prof:
                 trainer.compute_loss(model, batch).backward()
             model.zero_grad(set_to_none=True)
             for event in prof.key_averages():
@@ -267,6 +272,9 @@ def profile_ops(args: argparse.Namespace) -> dict:
                     "self_cpu_ms": event.self_cpu_time_total / 1e3,
                     "self_alloc_mib": event.self_cpu_memory_usage / 2**20,
                 }
+                if args.device == "cuda":
+                    row[mode]["self_cuda_ms"] = event.self_device_time_total / 1e3
+                    row[mode]["self_alloc_mib"] = event.self_device_memory_usage / 2**20
     return table
 
 
@@ -279,11 +287,14 @@ def print_profile(table: dict, modes: list[str], top: int) -> None:
     def differs(op: str) -> bool:
         return any(len({cell(op, m, key) for m in modes}) > 1 for key in ("calls", "self_alloc_mib"))
 
-    ops = sorted(table, key=lambda op: (not differs(op), -max(cell(op, m, "self_cpu_ms") for m in modes)))
-    print(f"{'op (calls / self CPU ms / self alloc MiB)':<44}" + "".join(f"{m:>26}" for m in modes))
+    # A GPU profile ranks and shows the ops by their kernels' time, a CPU one by the ops' own CPU time.
+    on_gpu = any("self_cuda_ms" in row for op_rows in table.values() for row in op_rows.values())
+    time_key, time_name = ("self_cuda_ms", "CUDA") if on_gpu else ("self_cpu_ms", "CPU")
+    ops = sorted(table, key=lambda op: (not differs(op), -max(cell(op, m, time_key) for m in modes)))
+    print(f"{f'op (calls / self {time_name} ms / self alloc MiB)':<44}" + "".join(f"{m:>26}" for m in modes))
     for op in ops[:top]:
         cells = "".join(
-            f"{cell(op, m, 'calls'):>6} {cell(op, m, 'self_cpu_ms'):>9.1f} {cell(op, m, 'self_alloc_mib'):>9.1f}"
+            f"{cell(op, m, 'calls'):>6} {cell(op, m, time_key):>9.1f} {cell(op, m, 'self_alloc_mib'):>9.1f}"
             for m in modes
         )
         print(f"{op[:43]:<44}{cells}{'' if differs(op) else '  (same calls and allocations)'}")

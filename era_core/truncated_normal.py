@@ -95,7 +95,9 @@ class _TorchOps:
     """The array functions :func:`_sample_and_log_prob_in_interval` needs, on torch tensors."""
 
     abs = staticmethod(torch.abs)
+    exp = staticmethod(torch.exp)
     log = staticmethod(torch.log)
+    log1p = staticmethod(torch.log1p)
     expm1 = staticmethod(torch.expm1)
     logaddexp = staticmethod(torch.logaddexp)
     log_ndtr = staticmethod(torch.special.log_ndtr)
@@ -108,9 +110,9 @@ class _TorchOps:
 def _scipy_ops() -> type | None:
     """The same functions on float64 NumPy arrays through SciPy (``None`` without SciPy).
 
-    A rollout samples one state per step, where torch's per-operation dispatch, not the arithmetic, is the
-    cost: NumPy and SciPy's ufuncs take a fraction of it per call, and their ``ndtri_exp`` covers the deep
-    tail itself.
+    A rollout samples one state per step and a PPO minibatch holds a few dozen: there torch's per-operation
+    dispatch, not the arithmetic, is the cost. NumPy and SciPy's ufuncs take a fraction of it per call, and
+    their ``ndtri_exp`` covers the deep tail itself.
     """
     try:
         from scipy import special
@@ -120,19 +122,48 @@ def _scipy_ops() -> type | None:
 
     class _ScipyOps:
         abs = staticmethod(np.abs)
+        exp = staticmethod(np.exp)
         log = staticmethod(np.log)
+        log1p = staticmethod(np.log1p)
         expm1 = staticmethod(np.expm1)
         logaddexp = staticmethod(np.logaddexp)
         log_ndtr = staticmethod(special.log_ndtr)
         ndtri_exp = staticmethod(special.ndtri_exp)
         where = staticmethod(np.where)
-        asarray = staticmethod(np.asarray)
+
+        @staticmethod
+        def to_tensor(array: np.ndarray, dtype: np.dtype) -> torch.Tensor:
+            """A CPU tensor of ``dtype``, cast by NumPy (cheaper than torch on small arrays; 0-d results too)."""
+            return torch.from_numpy(np.asarray(array).astype(dtype, copy=False))
 
         @staticmethod
         def clip(x: np.ndarray, low: float, high: float) -> np.ndarray:
             return np.minimum(np.maximum(x, low), high)  # np.clip's Python wrapper costs more than both
 
     return _ScipyOps
+
+
+def _array_ops(tensor: torch.Tensor):
+    """The namespace the array formulas run with: SciPy's on the CPU (eager, SciPy installed), torch's otherwise."""
+    if tensor.device.type == "cpu" and not torch.compiler.is_compiling() and not torch.jit.is_tracing():
+        scipy_ops = _scipy_ops()
+        if scipy_ops is not None:
+            return scipy_ops
+    return _TorchOps
+
+
+def _log_normalizer_in_interval(ops, loc, scale, center: float, half_width: float):
+    """``(ln Phi(a), ln Z)`` on ``[center - half_width, center + half_width]``, on the mirror image.
+
+    With ``d = |loc - center|`` the standardised bounds ``a = (-half_width - d) / scale`` and
+    ``b = (half_width - d) / scale`` keep the interval in the lower tail of the standard normal, so
+    ``ln Z = ln Phi(b) + ln(-expm1(ln Phi(a) - ln Phi(b)))`` never cancels and needs no elementwise choice; it is
+    exact to the dtype's resolution in absolute terms, which is what log-probabilities and entropies need.
+    """
+    distance = ops.abs(loc - center)
+    log_phi_a = ops.log_ndtr((-half_width - distance) / scale)
+    log_phi_b = ops.log_ndtr((half_width - distance) / scale)
+    return log_phi_a, log_phi_b + ops.log(-ops.expm1(log_phi_a - log_phi_b))
 
 
 def _sample_and_log_prob_in_interval(ops, loc, scale, center: float, half_width: float, u):
@@ -144,23 +175,49 @@ def _sample_and_log_prob_in_interval(ops, loc, scale, center: float, half_width:
     elementwise choice is needed until the end. ``u`` (uniform) is the quantile's level in that image:
     ``x = loc + s * scale * Phi^-1(Phi(a) + u * Z)`` with ``s = -1`` below the centre (the sample
     :meth:`TruncatedNormal.icdf` gives for ``1 - u`` there and ``u`` above; the same distribution).
-    ``ln Z = ln Phi(b) + ln(-expm1(ln Phi(a) - ln Phi(b)))`` is exact to the dtype's resolution in absolute
-    terms, which is what a log-probability needs. The log-density at the sample is read off the standardised
+    ``ln Z`` is :func:`_log_normalizer_in_interval`'s. The log-density at the sample is read off the standardised
     quantile ``z`` it is made of: ``-z^2 / 2 - ln(2 pi) / 2 - ln(scale) - ln(Z)``. Written once for any array
     library whose functions ``ops`` names (:class:`_TorchOps`, :func:`_scipy_ops`); without gradient.
     """
-    mirrored = loc < center
-    distance = ops.abs(loc - center)
-    log_phi_a = ops.log_ndtr((-half_width - distance) / scale)
-    log_phi_b = ops.log_ndtr((half_width - distance) / scale)
-    log_z = log_phi_b + ops.log(-ops.expm1(log_phi_a - log_phi_b))
-    # Below 0, where the quantile is finite: u <= 1 - eps keeps Phi(a) + u Z below Phi(b) <= 1 even rounded.
-    log_p = ops.logaddexp(log_phi_a, ops.log(u) + log_z)
-    z = ops.ndtri_exp(log_p)
-    z = ops.where(mirrored, -z, z)
+    z, log_z = _standardized_sample_in_interval(ops, loc, scale, center, half_width, u)
     x = ops.clip(loc + scale * z, center - half_width, center + half_width)
     log_prob = -(0.5 * z * z + (_HALF_LOG_2PI + ops.log(scale) + log_z))
     return x, log_prob
+
+
+def _standardized_sample_in_interval(ops, loc, scale, center: float, half_width: float, u):
+    """``(z, ln Z)``: the standardised sample ``z = (x - loc) / scale`` of level ``u`` in the mirror image of
+    :func:`_sample_and_log_prob_in_interval`, and the log-normaliser."""
+    log_phi_a, log_z = _log_normalizer_in_interval(ops, loc, scale, center, half_width)
+    # Below 0, where the quantile is finite: u <= 1 - eps keeps Phi(a) + u Z below Phi(b) <= 1 even rounded.
+    z = ops.ndtri_exp(ops.logaddexp(log_phi_a, ops.log(u) + log_z))
+    return ops.where(loc < center, -z, z), log_z
+
+
+def _reparameterized_sample_in_interval(
+    ops, loc, scale, center: float, half_width: float, u, derivatives: bool
+):
+    """``x = icdf(u)`` on ``[center - half_width, center + half_width]`` and, if ``derivatives``, ``(dx/d loc,
+    dx/d scale)`` (formulas in :class:`_ReparameterizedSample`), else ``None``.
+
+    The quantile of :func:`_standardized_sample_in_interval` at level ``1 - u`` below the centre and ``u`` above,
+    which is ``icdf(u)`` itself. Written once for any array library whose functions ``ops`` names.
+    """
+    low, high = center - half_width, center + half_width
+    z, _ = _standardized_sample_in_interval(
+        ops, loc, scale, center, half_width, ops.where(loc < center, 1.0 - u, u)
+    )
+    raw = loc + scale * z
+    x = ops.clip(raw, low, high)
+    if not derivatives:
+        return x, None
+    alpha, beta = (low - loc) / scale, (high - loc) / scale
+    # w_a = (1 - u) phi(alpha) / phi(z), w_b = u phi(beta) / phi(z).
+    w_a = ops.exp(ops.log1p(-u) + 0.5 * (z * z - alpha * alpha))
+    w_b = ops.exp(ops.log(u) + 0.5 * (z * z - beta * beta))
+    # A clamped sample does not move with the parameters (as the clamp's own gradient says).
+    inside = (raw >= low) & (raw <= high)
+    return x, (ops.where(inside, 1.0 - w_a - w_b, 0.0), ops.where(inside, z - alpha * w_a - beta * w_b, 0.0))
 
 
 class _ReparameterizedSample(torch.autograd.Function):
@@ -169,11 +226,33 @@ class _ReparameterizedSample(torch.autograd.Function):
     Differentiating ``Phi((x - loc) / scale) = (1 - u) Phi(alpha) + u Phi(beta)`` gives, with ``z = (x - loc) /
     scale``, ``w_a = (1 - u) phi(alpha) / phi(z)`` and ``w_b = u phi(beta) / phi(z)``:
     ``dx/dloc = 1 - w_a - w_b`` and ``dx/dscale = z - alpha w_a - beta w_b``. The forward records no graph and
-    the backward is two products, instead of differentiating the few dozen operations of the quantile.
+    the backward is two products, instead of differentiating the few dozen operations of the quantile. With
+    number bounds the forward is :func:`_reparameterized_sample_in_interval`, on the CPU in float64 through
+    NumPy and SciPy (:func:`_array_ops`): SAC's batch of a few hundred states costs torch's per-operation
+    dispatch more than arithmetic.
     """
 
     @staticmethod
     def forward(ctx, loc, scale, u, low, high, standardized_bounds=None):
+        derivatives = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        if isinstance(low, Number) and isinstance(high, Number):
+            ops = _array_ops(loc)
+            center, half_width = 0.5 * (low + high), 0.5 * (high - low)
+            if ops is _TorchOps:
+                x, saved = _reparameterized_sample_in_interval(
+                    ops, loc, scale, center, half_width, u, derivatives
+                )
+            else:
+                dtype = loc.detach().numpy().dtype
+                loc, scale, u = (t.detach().numpy().astype("float64") for t in (loc, scale, u))
+                x, saved = _reparameterized_sample_in_interval(
+                    ops, loc, scale, center, half_width, u, derivatives
+                )
+                x = ops.to_tensor(x, dtype)
+                saved = saved and tuple(ops.to_tensor(d, dtype) for d in saved)
+            if derivatives:
+                ctx.save_for_backward(*saved)
+            return x
         if standardized_bounds is None:
             alpha, beta = (low - loc) / scale, (high - loc) / scale
             log_z = log_ndtr_diff(beta, alpha)
@@ -182,7 +261,7 @@ class _ReparameterizedSample(torch.autograd.Function):
         z = _standard_quantile(alpha, beta, log_z, u)
         raw = loc + scale * z
         x = raw.clamp(low, high)
-        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+        if derivatives:
             log_pdf_z = _log_normal_pdf(z)
             w_a = torch.exp(torch.log1p(-u) + _log_normal_pdf(alpha) - log_pdf_z)
             w_b = torch.exp(torch.log(u) + _log_normal_pdf(beta) - log_pdf_z)
@@ -238,58 +317,103 @@ class _LogZAndDensityRatios(torch.autograd.Function):
         return grad_alpha, grad_beta
 
 
+def _log_prob_and_entropy_in_interval(ops, loc, scale, value, center: float, half_width: float):
+    """``(log_prob(value), entropy, saved)`` on ``[center - half_width, center + half_width]``, without gradient.
+
+    ``saved`` holds what :func:`_log_prob_and_entropy_gradients` reads. Written once for any array library whose
+    functions ``ops`` names (:class:`_TorchOps`, :func:`_scipy_ops`).
+    """
+    _, log_z = _log_normalizer_in_interval(ops, loc, scale, center, half_width)
+    low, high = center - half_width, center + half_width
+    alpha = (low - loc) / scale
+    beta = (high - loc) / scale
+    log_norm = _HALF_LOG_2PI + log_z  # pa = phi(alpha) / Z = exp(-alpha^2 / 2 - ln(2 pi) / 2 - ln Z)
+    pa = ops.exp(-0.5 * alpha * alpha - log_norm)
+    pb = ops.exp(-0.5 * beta * beta - log_norm)
+    xi = (value - loc) / scale
+    log_norm = log_norm + ops.log(scale)  # of the density: ln(sqrt(2 pi) scale Z)
+    inside = (value >= low) & (value <= high)
+    log_prob = ops.where(inside, -0.5 * xi * xi - log_norm, -math.inf)
+    tail = alpha * pa - beta * pb
+    entropy = 0.5 + log_norm + 0.5 * tail  # ln(sqrt(2 pi e) scale Z) + T / 2
+    return log_prob, entropy, (scale, alpha, beta, pa, pb, xi, tail, inside)
+
+
+def _log_prob_and_entropy_gradients(ops, saved, grad_log_prob, grad_entropy, value_grad: bool):
+    """The gradients of :func:`_log_prob_and_entropy_in_interval`'s outputs for ``loc``, ``scale`` and ``value``.
+
+    ``grad_log_prob`` or ``grad_entropy`` may be ``None`` (not used by the loss), not both. ``value``'s gradient
+    is ``None`` unless ``value_grad``. Formulas in :class:`_LogProbAndEntropy`.
+    """
+    scale, alpha, beta, pa, pb, xi, tail, inside = saved
+    # Gradients times scale, divided by it once at the end.
+    loc_term = scale_term = 0.0
+    grad_value = None
+    if grad_log_prob is not None:
+        inside_grad = ops.where(inside, grad_log_prob, 0.0)
+        loc_term = inside_grad * (xi - pa + pb)
+        scale_term = inside_grad * (xi * xi - 1.0 - tail)
+        if value_grad:
+            grad_value = -inside_grad * xi / scale
+    if grad_entropy is not None:
+        d_alpha = 0.5 * pa * (tail - alpha * alpha - 1.0)
+        d_beta = 0.5 * pb * (beta * beta - tail + 1.0)
+        loc_term = loc_term - grad_entropy * (d_alpha + d_beta)
+        scale_term = scale_term + grad_entropy * (1.0 - alpha * d_alpha - beta * d_beta)
+    return loc_term / scale, scale_term / scale, grad_value
+
+
 class _LogProbAndEntropy(torch.autograd.Function):
     """``(log_prob(value), entropy)`` of the truncated normal on ``[low, high]`` (numbers), one node in the graph.
 
-    The same quantities as :meth:`TruncatedNormal.log_prob` and :meth:`TruncatedNormal.entropy` (``ln Z`` from
-    :func:`log_ndtr_diff`, ``pa = phi(alpha) / Z``, ``pb = phi(beta) / Z``), with the gradient in closed form:
+    The same quantities as :meth:`TruncatedNormal.log_prob` and :meth:`TruncatedNormal.entropy` (``ln Z``,
+    ``pa = phi(alpha) / Z``, ``pb = phi(beta) / Z``), with the gradient in closed form:
     for ``xi = (value - loc) / scale`` and ``T = alpha pa - beta pb``, the log-probability has
     ``d/d loc = (xi - pa + pb) / scale``, ``d/d scale = (xi^2 - 1 - T) / scale`` and
     ``d/d value = -xi / scale`` inside the support (0 outside, where it is ``-inf``); the entropy has
     ``d/d alpha = pa (T - alpha^2 - 1) / 2`` and ``d/d beta = pb (beta^2 - T + 1) / 2``, hence
     ``d/d loc = -(d/d alpha + d/d beta) / scale`` and
     ``d/d scale = (1 - alpha d/d alpha - beta d/d beta) / scale``. A training step (PPO's log-ratio and
-    entropy, SAC's actor loss) records one node instead of a few dozen elementwise ones.
+    entropy, SAC's actor loss) records one node instead of a few dozen elementwise ones. On the CPU with SciPy
+    both passes run in float64 on NumPy arrays (:func:`_array_ops`): a minibatch of a few dozen states costs
+    torch's per-operation dispatch more than arithmetic.
     """
 
     @staticmethod
     def forward(ctx, loc, scale, value, low: float, high: float):
-        alpha = (low - loc) / scale
-        beta = (high - loc) / scale
-        log_z = log_ndtr_diff(beta, alpha)
-        pa = torch.exp(_log_normal_pdf(alpha) - log_z)
-        pb = torch.exp(_log_normal_pdf(beta) - log_z)
-        xi = (value - loc) / scale
-        log_scale = torch.log(scale)
-        inside = (value >= low) & (value <= high)
-        log_prob = torch.where(inside, _log_normal_pdf(xi) - log_scale - log_z, -math.inf)
-        tail = alpha * pa - beta * pb
-        entropy = (log_scale + log_z).add_(_HALF_LOG_2PI_E).add_(tail, alpha=0.5)
+        ops = _array_ops(loc)
+        center, half_width = 0.5 * (low + high), 0.5 * (high - low)
         ctx.set_materialize_grads(False)
-        ctx.save_for_backward(scale, alpha, beta, pa, pb, xi, tail, inside)
-        return log_prob, entropy
+        ctx.ops = ops
+        if ops is _TorchOps:
+            log_prob, entropy, saved = _log_prob_and_entropy_in_interval(
+                ops, loc, scale, value, center, half_width
+            )
+            ctx.save_for_backward(*saved)
+            return log_prob, entropy
+        loc, scale, value = (t.detach().numpy() for t in (loc, scale, value))
+        ctx.dtype = loc.dtype
+        arrays = (t.astype("float64") for t in (loc, scale, value))
+        log_prob, entropy, ctx.arrays = _log_prob_and_entropy_in_interval(ops, *arrays, center, half_width)
+        return ops.to_tensor(log_prob, ctx.dtype), ops.to_tensor(entropy, ctx.dtype)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_log_prob, grad_entropy):
-        scale, alpha, beta, pa, pb, xi, tail, inside = ctx.saved_tensors
-        # Gradients times scale, divided by it once at the end.
-        loc_term = torch.zeros_like(scale)
-        scale_term = torch.zeros_like(scale)
-        grad_value = None
-        if grad_log_prob is not None:
-            inside_grad = torch.where(inside, grad_log_prob, 0.0)
-            loc_term += inside_grad * (xi - pa + pb)
-            scale_term += inside_grad * (xi * xi - 1.0 - tail)
-            if ctx.needs_input_grad[2]:
-                grad_value = -inside_grad * xi / scale
-        if grad_entropy is not None:
-            d_alpha = 0.5 * pa * (tail - alpha * alpha - 1.0)
-            d_beta = 0.5 * pb * (beta * beta - tail + 1.0)
-            loc_term -= grad_entropy * (d_alpha + d_beta)
-            scale_term += grad_entropy * (1.0 - alpha * d_alpha - beta * d_beta)
-        grad_loc = loc_term / scale if ctx.needs_input_grad[0] else None
-        grad_scale = scale_term / scale if ctx.needs_input_grad[1] else None
+        ops, value_grad = ctx.ops, ctx.needs_input_grad[2]
+        if ops is _TorchOps:
+            grads = _log_prob_and_entropy_gradients(
+                ops, ctx.saved_tensors, grad_log_prob, grad_entropy, value_grad
+            )
+        else:
+            grad_log_prob, grad_entropy = (
+                None if g is None else g.numpy().astype("float64") for g in (grad_log_prob, grad_entropy)
+            )
+            grads = _log_prob_and_entropy_gradients(ops, ctx.arrays, grad_log_prob, grad_entropy, value_grad)
+            grads = tuple(None if g is None else ops.to_tensor(g, ctx.dtype) for g in grads)
+        grad_loc, grad_scale, grad_value = (
+            grad if needed else None for grad, needed in zip(grads, ctx.needs_input_grad, strict=False)
+        )
         return grad_loc, grad_scale, grad_value, None, None
 
 
@@ -455,10 +579,25 @@ class TruncatedNormal(Distribution):
         return torch.exp(log_ndtr_diff(xi, self._alpha) - self._log_z).clamp(0.0, 1.0).to(self._out_dtype)
 
     def icdf(self, value: torch.Tensor) -> torch.Tensor:
-        """Quantile: ``loc + scale * Phi^-1(Phi(alpha) + value * Z)``, mirrored in the upper tail."""
+        """Quantile: ``loc + scale * Phi^-1(Phi(alpha) + value * Z)``, mirrored in the upper tail.
+
+        ``icdf(0)`` is ``low`` and ``icdf(1)`` is ``high``; a level outside ``[0, 1]`` raises a ``ValueError``
+        when the arguments are validated and gives NaN otherwise, as for ``torch.distributions.Normal``.
+        """
         value = torch.as_tensor(value, dtype=self.loc.dtype, device=self.loc.device)
+        outside = (value < 0) | (value > 1)
+        if self._validate_args and bool(outside.any()):
+            raise ValueError(
+                f"TruncatedNormal.icdf expects probabilities in [0, 1], got values in "
+                f"[{value.min().item()}, {value.max().item()}]"
+            )
         x = self.loc + self.scale * _standard_quantile(self._alpha, self._beta, self._log_z, value)
-        return x.clamp(self.low, self.high).to(self._out_dtype)
+        # The quantile keeps its levels off 0 and 1 so as to stay finite: at the ends it would stop a few dozen
+        # standard deviations out, short of bounds that lie further.
+        x = torch.where(
+            value >= 1, self.high, torch.where(value <= 0, self.low, x.clamp(self.low, self.high))
+        )
+        return x.masked_fill(outside, math.nan).to(self._out_dtype)
 
     def sample_and_log_prob(
         self, sample_shape: torch.Size = torch.Size()
@@ -469,7 +608,8 @@ class TruncatedNormal(Distribution):
         at or above the middle of ``[low, high]`` and ``icdf(1 - u)`` below it (the same distribution), with
         the log-density read off the quantile that made the sample, in a few dozen elementwise operations
         (number bounds; tensor bounds take the two-call route). Meant for rollouts, where one state per step
-        makes the number of small operations the cost.
+        makes the number of small operations the cost: on the CPU with SciPy installed the same formula runs
+        in float64 on NumPy arrays (SciPy's ``log_ndtr`` and ``ndtri_exp``), torch's otherwise.
 
         :param sample_shape: Shape of the sample, prepended to the batch shape.
         :return: The sample and its elementwise log-probability, both of shape ``sample_shape + batch_shape``.
@@ -484,15 +624,15 @@ class TruncatedNormal(Distribution):
         eps = torch.finfo(self.loc.dtype).eps
         u = torch.rand(shape, dtype=self.loc.dtype, device=self.loc.device)
         center, half_width = 0.5 * (self.low + self.high), 0.5 * (self.high - self.low)
-        scipy_ops = _scipy_ops() if self.loc.device.type == "cpu" else None
-        if scipy_ops is not None and not torch.compiler.is_compiling() and not torch.jit.is_tracing():
+        ops = _array_ops(self.loc)
+        if ops is not _TorchOps:
             # float64 arrays, broadcast against the draws' shape by NumPy itself.
             loc, scale, u = (t.numpy().astype("float64") for t in (self.loc, self.scale, u))
             x, log_prob = _sample_and_log_prob_in_interval(
-                scipy_ops, loc, scale, center, half_width, scipy_ops.clip(u, eps, 1.0 - eps)
+                ops, loc, scale, center, half_width, ops.clip(u, eps, 1.0 - eps)
             )
-            # 0-d results come back from NumPy as scalars.
-            x, log_prob = (torch.from_numpy(scipy_ops.asarray(t)) for t in (x, log_prob))
+            dtype = self.loc.numpy().dtype
+            x, log_prob = ops.to_tensor(x, dtype), ops.to_tensor(log_prob, dtype)
         else:
             x, log_prob = _sample_and_log_prob_in_interval(
                 _TorchOps,
@@ -510,10 +650,11 @@ class TruncatedNormal(Distribution):
         eps = torch.finfo(self.loc.dtype).eps
         u = torch.rand(shape, dtype=self.loc.dtype, device=self.loc.device).clamp(eps, 1.0 - eps)
         low, high = (v.expand(shape) if isinstance(v, torch.Tensor) else v for v in (self.low, self.high))
-        # Without gradient (e.g. a rollout) the distribution's own alpha, beta and log Z are computed once and
-        # shared with a later log_prob; with gradient they are computed without a graph inside the Function.
+        # Number bounds take the one-pass formula. With tensor bounds and without gradient the distribution's own
+        # alpha, beta and log Z are computed once and shared with a later log_prob; with gradient they are
+        # computed without a graph inside the Function.
         bounds = None
-        if not torch.is_grad_enabled():
+        if isinstance(low, torch.Tensor) and not torch.is_grad_enabled():
             bounds = tuple(t.expand(shape) for t in (self._alpha, self._beta, self._log_z))
         x = _ReparameterizedSample.apply(
             self.loc.expand(shape), self.scale.expand(shape), u, low, high, bounds

@@ -6,12 +6,20 @@ from typing import TypeVar
 
 import numpy as np
 import torch as th
-from stable_baselines3.common.distributions import DiagGaussianDistribution, sum_independent_dims
+from stable_baselines3.common.distributions import (
+    DiagGaussianDistribution,
+    SquashedDiagGaussianDistribution,
+    sum_independent_dims,
+)
+from torch.distributions import Normal
 
 from era_core import TruncatedNormal
 
 SelfTruncatedNormalDistribution = TypeVar(
     "SelfTruncatedNormalDistribution", bound="TruncatedNormalDistribution"
+)
+SelfRolloutSquashedDiagGaussian = TypeVar(
+    "SelfRolloutSquashedDiagGaussian", bound="RolloutSquashedDiagGaussianDistribution"
 )
 
 
@@ -137,3 +145,31 @@ class TruncatedNormalDistribution(DiagGaussianDistribution):
     def mode(self) -> th.Tensor:
         """The most likely action (``tanh(mean_actions)`` mapped to the action space)."""
         return self._from_unit_box(self.distribution.mode)
+
+
+class RolloutSquashedDiagGaussianDistribution(SquashedDiagGaussianDistribution):
+    """
+    SB3's tanh-squashed diagonal Gaussian, whose rollouts (no gradient) skip the parameter and sample checks.
+
+    A rollout builds one distribution per env step, where ``Normal``'s argument checks (each a comparison and
+    a reduction) cost as much as the sample itself; ERA's activation bounds the log-std, and a training pass
+    (with gradient) keeps the checks, as :class:`TruncatedNormalDistribution` does.
+
+    :param action_dim: Dimension of the action space.
+    :param epsilon: small value to avoid NaN due to numerical imprecision (SB3's).
+    """
+
+    def proba_distribution(
+        self: SelfRolloutSquashedDiagGaussian, mean_actions: th.Tensor, log_std: th.Tensor
+    ) -> SelfRolloutSquashedDiagGaussian:
+        """
+        Create the distribution given its parameters (mean, std), as SB3's ``DiagGaussianDistribution``.
+
+        :param mean_actions: Means of the Gaussian before squashing.
+        :param log_std: Log-stds (broadcast against ``mean_actions``).
+        :return: self
+        """
+        action_std = th.ones_like(mean_actions) * log_std.exp()
+        validate_args = None if th.is_grad_enabled() else False
+        self.distribution = Normal(mean_actions, action_std, validate_args=validate_args)
+        return self

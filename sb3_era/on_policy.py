@@ -25,7 +25,7 @@ from torch import nn
 
 from era_core import GaussianERA, SoftmaxERA, check_softmax_era_args, softmax_era_feasible_range
 from era_core.softmax import Construction
-from sb3_era.distributions import TruncatedNormalDistribution
+from sb3_era.distributions import RolloutSquashedDiagGaussianDistribution, TruncatedNormalDistribution
 from sb3_era.policies import (
     LOG_STD_MAX,
     LOG_STD_MIN,
@@ -174,7 +174,7 @@ class ERAActorCriticMixin:
         action_dim = get_action_dim(self.action_space)
         if self.era_kwargs["action_distribution"] == "truncated":
             return TruncatedNormalDistribution(action_dim, self.action_space.low, self.action_space.high)
-        return SquashedDiagGaussianDistribution(action_dim)
+        return RolloutSquashedDiagGaussianDistribution(action_dim)
 
     def _build(self, lr_schedule: Schedule) -> None:
         """
@@ -249,12 +249,13 @@ class ERAActorCriticMixin:
 
         A rollout builds one distribution per env step from the same ``log_std``, which only changes when the
         optimizer (or ``load_state_dict``, ``.to(...)``) writes to it: the cache is keyed on the storage and the
-        in-place version counter of ``log_std`` and of every parameter and buffer of the ERA module.
+        in-place version counter of ``log_std`` and of the ERA module's one state, its ``delta`` (parameter or
+        buffer).
         """
         if th.is_grad_enabled():
             return self.log_std_era(self.log_std)
-        tensors = (self.log_std, *self.log_std_era.parameters(), *self.log_std_era.buffers())
-        key = tuple((t.data_ptr(), t._version) for t in tensors)
+        log_std, delta = self.log_std, self.log_std_era.delta
+        key = (log_std.data_ptr(), log_std._version, delta.data_ptr(), delta._version)
         cached = getattr(self, "_log_std_cache", None)
         if cached is None or cached[0] != key:
             cached = self._log_std_cache = (key, self.log_std_era(self.log_std))

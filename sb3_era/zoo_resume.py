@@ -15,6 +15,8 @@ environments restart from a reset and the random generators from the seed.
 from __future__ import annotations
 
 import csv
+import gzip
+import io
 import json
 import os
 from pathlib import Path
@@ -26,6 +28,7 @@ from rl_zoo3.utils import get_latest_run_id
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
 from stable_baselines3.common.monitor import Monitor
+from stable_baselines3.common.vec_env import VecEnv
 
 from sb3_era.callbacks import policy_entropy_stats
 
@@ -40,7 +43,9 @@ __all__ = [
 CHECKPOINT_FOLDER = "checkpoint"
 _STATE_FILE = "state.json"
 _MODEL_FILE = "model.zip"
-_REPLAY_BUFFER_FILE = "replay_buffer.pkl"  # where rl-zoo3's `--trained-agent` loading looks
+_REPLAY_BUFFER_FILE = "replay_buffer.pkl.gz"
+# rl-zoo3's `--trained-agent` loading reads this uncompressed name; checkpoints of earlier versions used it.
+_UNCOMPRESSED_REPLAY_BUFFER_FILE = "replay_buffer.pkl"
 _VECNORMALIZE_FILE = "vecnormalize.pkl"
 
 
@@ -64,14 +69,22 @@ def _replace_atomically(save: Any, target: Path) -> None:
     os.replace(temporary, target)
 
 
+def _save_compressed(save: Any, path: Path) -> None:
+    """Write ``save(file object)``'s bytes gzip-compressed to ``path``."""
+    # SB3's `open_path` takes io's buffered classes only, not a GzipFile.
+    with gzip.open(path, "wb", compresslevel=6) as compressed, io.BufferedWriter(compressed) as file:
+        save(file)
+
+
 class ResumeCheckpointCallback(BaseCallback):
     """
     Checkpoint a run so that it can resume: every ``save_freq`` steps and at the end of training.
 
-    Writes ``<run folder>/checkpoint/``: ``model.zip`` (parameters and optimizers), ``replay_buffer.pkl``
-    (off-policy algorithms), ``<env name>/vecnormalize.pkl`` (when the environment is normalised), then
-    ``state.json`` last, so the state file always describes complete files. Only the newest checkpoint is
-    kept.
+    Writes ``<run folder>/checkpoint/``: ``model.zip`` (parameters and optimizers), ``replay_buffer.pkl.gz``
+    (off-policy algorithms; gzip-compressed: SB3 pickles the whole ``buffer_size``, mostly zeros until it
+    fills, so Hopper's 1M-transition buffer takes ~20 MB instead of 200 MB), ``<env name>/vecnormalize.pkl``
+    (when the environment is normalised), then ``state.json`` last, so the state file always describes
+    complete files. Only the newest checkpoint is kept.
 
     :param save_freq: Checkpoint every ``save_freq`` environment steps (all environments together).
     :param save_path: The rl-zoo3 run folder.
@@ -110,7 +123,11 @@ class ResumeCheckpointCallback(BaseCallback):
         model = self.model
         _replace_atomically(lambda path: model.save(path), self.folder / _MODEL_FILE)
         if hasattr(model, "save_replay_buffer") and getattr(model, "replay_buffer", None) is not None:
-            _replace_atomically(model.save_replay_buffer, self.folder / _REPLAY_BUFFER_FILE)
+            _replace_atomically(
+                lambda path: _save_compressed(model.save_replay_buffer, path),
+                self.folder / _REPLAY_BUFFER_FILE,
+            )
+            (self.folder / _UNCOMPRESSED_REPLAY_BUFFER_FILE).unlink(missing_ok=True)
         vec_normalize = model.get_vec_normalize_env()
         if vec_normalize is not None:
             (self.folder / self.env_name).mkdir(exist_ok=True)
@@ -276,19 +293,22 @@ class ResumableExperimentManager(ExperimentManager):
                     _set_aside_monitor_file(monitor_file, self.resumed_from // self.n_envs)
         return super().setup_experiment()
 
+    def _load_pretrained_agent(self, hyperparams: dict[str, Any], env: VecEnv) -> BaseAlgorithm:
+        # rl-zoo3 loads the model, and an uncompressed `replay_buffer.pkl` beside it if there is one.
+        model = super()._load_pretrained_agent(hyperparams, env)
+        compressed = Path(self.trained_agent).with_name(_REPLAY_BUFFER_FILE)
+        if compressed.is_file():
+            print("Loading compressed replay buffer")
+            with gzip.open(compressed, "rb") as decompressed, io.BufferedReader(decompressed) as file:
+                model.load_replay_buffer(file, truncate_last_traj=self.truncate_last_trajectory)
+        return model
+
     def create_callbacks(self) -> None:
         # rl-zoo3 divides the frequencies by n_envs in create_callbacks; ours count all environments' steps.
         save_freq, eval_freq = self.save_freq, self.eval_freq
         if self.resume:
             self.save_freq = -1
         super().create_callbacks()
-        if self.resume:
-            self.save_freq = save_freq
-            self.callbacks.append(
-                ResumeCheckpointCallback(
-                    save_freq, self.save_path, self.env_name, self.n_timesteps, verbose=self.verbose
-                )
-            )
         eval_callback = next((c for c in self.callbacks if isinstance(c, EvalCallback)), None)
         if eval_callback is not None and self.resumed_from:
             self._restore_evaluations(eval_callback)
@@ -301,6 +321,15 @@ class ResumableExperimentManager(ExperimentManager):
             if self.resumed_from:
                 trace.restore(self.resumed_from)
             self.callbacks.append(trace)
+        if self.resume:
+            self.save_freq = save_freq
+            # Last, so that a checkpoint at step t follows every measurement of step t (rl-zoo3's evaluation,
+            # the entropy trace): a run killed right after it resumes with them.
+            self.callbacks.append(
+                ResumeCheckpointCallback(
+                    save_freq, self.save_path, self.env_name, self.n_timesteps, verbose=self.verbose
+                )
+            )
 
     def _restore_evaluations(self, eval_callback: EvalCallback) -> None:
         """Keep the evaluations up to the checkpoint and continue the evaluation schedule from there."""

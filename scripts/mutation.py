@@ -49,6 +49,8 @@ def prepare(target: str, config: dict, workdir: Path) -> None:
     ]
     if config.get("only_mutate"):
         lines.append(f"only_mutate = {_toml_list(config['only_mutate'])}")
+    if "timeout_multiplier" in config:
+        lines.append(f"timeout_multiplier = {float(config['timeout_multiplier'])}")
     (workdir / "pyproject.toml").write_text(pyproject + "\n".join(lines) + "\n")
 
 

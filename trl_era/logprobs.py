@@ -46,8 +46,11 @@ _VOCAB_CHUNK_SIZE = 32768
 # Tokens whose gathered `(k + 1, H)` LM-head rows are held at once (float32: 1024 * 21 * 896 * 4 B = 77 MB).
 _GATHER_CHUNK_SIZE = 1024
 # Rows of a logit tile folded at once in the backward (float32 temporaries of TRL's torch fold: 128 x 32768 x 4 B =
-# 16 MB each), and the longest run of rescalable rows handled at once in the forward.
+# 16 MB each), and the longest run of rescalable rows handled at once, where TRL folds with torch (CPUs).
 _ROW_BLOCK_SIZE = 128
+# The longest run of rescalable rows handled at once where TRL's Triton kernel folds (GPUs): a GPU pays per launch,
+# so one response's rows go in one piece; float32 temporaries of 1024 x 32768 x 4 B = 128 MB each.
+_TRITON_RUN_SIZE = 1024
 
 
 @contextmanager
@@ -131,9 +134,9 @@ class _TwoTemperatureLogProbs(torch.autograd.Function):
         # Zero outside the rescalable rows, which only read their own.
         scaled_sum_exp = torch.zeros((n_tokens, len(factors)), device=device, dtype=torch.float32)
         token_chunk = _trl_kernels.TOKEN_CHUNK_SIZE
-        runs = _row_runs(rescalable, token_chunk)
-        mm_buf = torch.empty((min(n_tokens, token_chunk), chunk_size), device=device, dtype=compute_dtype)
         fold = _trl_kernels._forward_kernel if _trl_kernels._use_triton(device) else None
+        runs = _row_runs(rescalable, token_chunk, _longest_run(fold is not None))
+        mm_buf = torch.empty((min(n_tokens, token_chunk), chunk_size), device=device, dtype=compute_dtype)
         for token_start in range(0, n_tokens, token_chunk):
             token_end = min(token_start + token_chunk, n_tokens)
             n = token_end - token_start
@@ -145,7 +148,7 @@ class _TwoTemperatureLogProbs(torch.autograd.Function):
                 torch.mm(hidden_chunk, weight[start:end].to(compute_dtype).t(), out=tile)
                 if bias is not None:
                     tile.add_(bias[start:end].to(compute_dtype))
-                old_max = [running_max[r0:r1].clone() for r0, r1 in chunk_runs]
+                previous_max = running_max[token_start:token_end].clone() if chunk_runs else None
                 (fold[(n,)] if fold is not None else _trl_kernels._forward_tile)(
                     tile,
                     tile.stride(0),
@@ -157,17 +160,21 @@ class _TwoTemperatureLogProbs(torch.autograd.Function):
                     **flags,
                     **kernel_args,
                 )
-                # TRL's fold has read the tile: its rescalable rows now become their running sums, in place.
-                for (r0, r1), previous_max in zip(chunk_runs, old_max, strict=True):
-                    new_max = running_max[r0:r1]
-                    rescale = torch.exp(factor_t * (previous_max - new_max)[:, None])
-                    sums = _scaled_exp_sums_(
+                if not chunk_runs:
+                    continue
+                # The running sums follow the new running max (zero rows, outside the runs, stay zero); then TRL's
+                # fold having read the tile, its rescalable rows become their sums, in place.
+                chunk_sums = scaled_sum_exp[token_start:token_end]
+                chunk_sums.mul_(
+                    torch.exp(factor_t * (previous_max - running_max[token_start:token_end])[:, None])
+                )
+                for r0, r1 in chunk_runs:
+                    chunk_sums[r0 - token_start : r1 - token_start] += _scaled_exp_sums_(
                         _float32_rows(tile[r0 - token_start : r1 - token_start]),
                         kernel_args,
-                        new_max,
+                        running_max[r0:r1],
                         factors,
                     )
-                    scaled_sum_exp[r0:r1] = scaled_sum_exp[r0:r1] * rescale + sums
 
         sum_exp, target_logit = stats["sum_exp"], stats["target_logit"]
         log_z = running_max + torch.log(sum_exp)
@@ -226,7 +233,7 @@ class _TwoTemperatureLogProbs(torch.autograd.Function):
             ]
             row_log_z = scaled_log_z.gather(-1, chosen).squeeze(-1)
             active = row_grad != 0
-            active_runs = _row_runs(active, token_chunk)
+            active_runs = _row_runs(active, token_chunk, _longest_run(use_triton))
             # Rows rescaled and without a gradient at T (the usual case: the loss reads them at their factor only)
             # get their gradient in place of TRL's fold, which would give them zero.
             overwrite = grad_entropy is None and (grad_logprobs is None or not grad_logprobs[active].any())
@@ -305,16 +312,21 @@ class _TwoTemperatureLogProbs(torch.autograd.Function):
         )
 
 
-def _row_runs(mask: torch.Tensor, token_chunk: int) -> list[tuple[int, int]]:
+def _longest_run(use_triton: bool) -> int:
+    """Rows of one run of rescalable rows handled at once: TRL's Triton fold (GPUs) or its torch fold (CPUs)."""
+    return _TRITON_RUN_SIZE if use_triton else _ROW_BLOCK_SIZE
+
+
+def _row_runs(mask: torch.Tensor, token_chunk: int, max_rows: int) -> list[tuple[int, int]]:
     """The runs ``[r0, r1)`` of consecutive ``True`` rows of ``mask``, cut at token-chunk boundaries and into
-    pieces of at most ``_ROW_BLOCK_SIZE`` rows (one host sync)."""
+    pieces of at most ``max_rows`` rows (one host sync)."""
     flags = torch.cat([mask.new_zeros(1), mask, mask.new_zeros(1)]).to(torch.int8)
     edges = flags.diff().nonzero().squeeze(-1).tolist()
     runs = []
     for run_start, run_end in zip(edges[::2], edges[1::2], strict=True):
         cut = run_start
         while cut < run_end:
-            next_cut = min(run_end, cut + _ROW_BLOCK_SIZE, (cut // token_chunk + 1) * token_chunk)
+            next_cut = min(run_end, cut + max_rows, (cut // token_chunk + 1) * token_chunk)
             runs.append((cut, next_cut))
             cut = next_cut
     return runs

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from scipy import integrate, stats
 
 from era_core import TruncatedNormal, ndtri_exp, truncated_normal
+from era_core.truncated_normal import _ReparameterizedSample
 
 MIN_SCALE = math.exp(-8.0)
 # (loc, scale): interior, near and at the bounds, the smallest scale the SAC actor produces, wide.
@@ -125,6 +126,33 @@ def test_icdf_inverts_cdf() -> None:
     torch.testing.assert_close(dist.cdf(dist.icdf(q)), q)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("tensor_bounds", [False, True])
+def test_icdf_of_zero_and_one_are_the_bounds(dtype: torch.dtype, tensor_bounds: bool) -> None:
+    # Bounds 50 standard deviations out on both sides, and locations near either bound (both sides of the
+    # mirror image): the quantile's finite levels alone would stop some 13 (float32) or 37 (float64) out.
+    loc = torch.tensor([0.0, 0.9, -0.9, 0.3], dtype=dtype)
+    scale = torch.tensor([0.02, 0.02, 0.02, 0.5], dtype=dtype)
+    low, high = (
+        (-1.0, 1.0)
+        if not tensor_bounds
+        else (torch.tensor(-1.0, dtype=dtype), torch.tensor(1.0, dtype=dtype))
+    )
+    dist = TruncatedNormal(loc, scale, low=low, high=high)
+    assert torch.equal(dist.icdf(torch.zeros(4, dtype=dtype)), torch.full((4,), -1.0, dtype=dtype))
+    assert torch.equal(dist.icdf(torch.ones(4, dtype=dtype)), torch.ones(4, dtype=dtype))
+    inner = dist.icdf(torch.tensor([1e-6, 1e-6, 1.0 - 1e-6, 1.0 - 1e-6], dtype=dtype))
+    assert ((inner > -1.0) & (inner < 1.0)).all()
+
+
+def test_icdf_of_a_level_outside_the_unit_interval() -> None:
+    levels = torch.tensor([-0.1, 0.5, 1.5])
+    with pytest.raises(ValueError, match=r"probabilities in \[0, 1\].*-0.1"):
+        TruncatedNormal(torch.zeros(3), torch.ones(3), validate_args=True).icdf(levels)
+    quantiles = TruncatedNormal(torch.zeros(3), torch.ones(3), validate_args=False).icdf(levels)
+    assert quantiles[0].isnan() and quantiles[2].isnan() and abs(quantiles[1].item()) < 1e-6
+
+
 def test_batch_shapes_and_expand() -> None:
     dist = TruncatedNormal(torch.zeros(4, 3), torch.ones(3), low=-2.0, high=torch.tensor(1.0))
     assert dist.batch_shape == (4, 3) and dist.event_shape == ()
@@ -159,15 +187,17 @@ def test_ndtri_exp_matches_scipy_deep_in_the_tail() -> None:
     assert torch.isfinite(ndtri_exp(log_p.float())).all()
 
 
-def _rsample_and_reference(loc: torch.Tensor, scale: torch.Tensor, seed: int, shape=(64,)):
+def _rsample_and_reference(
+    loc: torch.Tensor, scale: torch.Tensor, seed: int, shape=(64,), low=-1.0, high=1.0
+):
     """The fused ``rsample`` and the autograd-through-``icdf`` reference for the same uniform draws."""
     leaves = [t.detach().clone().requires_grad_(True) for t in (loc, scale, loc, scale)]
     torch.manual_seed(seed)
-    fast = TruncatedNormal(leaves[0], leaves[1]).rsample(shape)
+    fast = TruncatedNormal(leaves[0], leaves[1], low, high).rsample(shape)
     torch.manual_seed(seed)
     eps = torch.finfo(loc.dtype).eps
     u = torch.rand(shape + loc.shape, dtype=loc.dtype).clamp(eps, 1.0 - eps)
-    reference = TruncatedNormal(leaves[2], leaves[3]).icdf(u)
+    reference = TruncatedNormal(leaves[2], leaves[3], low, high).icdf(u)
     weights = torch.linspace(-1.0, 2.0, fast.numel(), dtype=loc.dtype).reshape(fast.shape)
     (fast * weights).sum().backward()
     (reference * weights).sum().backward()
@@ -175,7 +205,9 @@ def _rsample_and_reference(loc: torch.Tensor, scale: torch.Tensor, seed: int, sh
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_fused_rsample_matches_the_icdf_reference_in_values_and_gradients(dtype: torch.dtype) -> None:
+def test_fused_rsample_matches_the_icdf_reference_in_values_and_gradients(
+    dtype: torch.dtype, array_backend: str
+) -> None:
     loc = torch.tensor([c[0] for c in CASES] + [0.999, -0.5], dtype=dtype)
     scale = torch.tensor([c[1] for c in CASES] + [0.02, 3.0], dtype=dtype)
     fast, reference, (loc_f, scale_f, loc_r, scale_r) = _rsample_and_reference(loc, scale, seed=3)
@@ -187,17 +219,53 @@ def test_fused_rsample_matches_the_icdf_reference_in_values_and_gradients(dtype:
     torch.testing.assert_close(scale_f.grad, scale_r.grad, **grad_tolerance)
 
 
+@pytest.mark.parametrize("backend", ["scipy", "torch"])
 @settings(max_examples=40, deadline=None)
 @given(loc=st.floats(-1.0, 1.0), log_scale=st.floats(-8.0, 3.0), seed=st.integers(0, 2**16))
 def test_fused_rsample_gradients_match_the_reference_everywhere(
-    loc: float, log_scale: float, seed: int
+    backend: str, loc: float, log_scale: float, seed: int
 ) -> None:
     loc_t = torch.tensor([loc], dtype=torch.float64)
     scale_t = torch.tensor([math.exp(log_scale)], dtype=torch.float64)
-    fast, reference, (loc_f, scale_f, loc_r, scale_r) = _rsample_and_reference(loc_t, scale_t, seed)
+    scipy_ops = truncated_normal._scipy_ops if backend == "scipy" else lambda: None
+    with mock.patch.object(truncated_normal, "_scipy_ops", scipy_ops):
+        fast, reference, (loc_f, scale_f, loc_r, scale_r) = _rsample_and_reference(loc_t, scale_t, seed)
     torch.testing.assert_close(fast, reference, rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(loc_f.grad, loc_r.grad, rtol=1e-6, atol=1e-8)
     torch.testing.assert_close(scale_f.grad, scale_r.grad, rtol=1e-6, atol=1e-8)
+
+
+BOUNDS_LOWS = torch.tensor([-2.0, -1.0, 0.0, -0.5, -3.0], dtype=torch.float64)
+BOUNDS_HIGHS = torch.tensor([0.5, 1.0, 2.0, 1.0, -1.0], dtype=torch.float64)
+
+
+@pytest.mark.parametrize(
+    ("low", "high"),
+    [(-2.0, 0.5), (0.0, 2.0), (BOUNDS_LOWS, 1.0), (-3.5, BOUNDS_HIGHS), (BOUNDS_LOWS, BOUNDS_HIGHS)],
+    ids=["numbers-left", "numbers-right", "tensor-low", "tensor-high", "tensors"],
+)
+def test_rsample_matches_the_icdf_reference_on_other_intervals(low, high, array_backend: str) -> None:
+    # Locations inside, near and outside each interval; number bounds take the one-pass formula, tensor bounds
+    # the quantile of icdf.
+    loc = torch.tensor([0.3, -0.9, 0.9, 1.5, -2.5], dtype=torch.float64)
+    scale = torch.tensor([0.8, 0.05, 0.05, 0.3, 1.0], dtype=torch.float64)
+    fast, reference, (loc_f, scale_f, loc_r, scale_r) = _rsample_and_reference(
+        loc, scale, 5, (32,), low, high
+    )
+    torch.testing.assert_close(fast, reference, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(loc_f.grad, loc_r.grad, rtol=1e-6, atol=1e-8)
+    torch.testing.assert_close(scale_f.grad, scale_r.grad, rtol=1e-6, atol=1e-8)
+
+
+def test_cpu_rsample_of_float32_parameters_is_the_float64_sample_rounded() -> None:
+    # SciPy's path computes in float64 and rounds once, at the end.
+    torch.manual_seed(6)
+    loc = torch.rand(64) * 2.4 - 1.2
+    scale = torch.exp(torch.rand(64) * 6.0 - 5.0)
+    u = torch.rand(64).clamp(torch.finfo(torch.float32).eps, 1.0 - torch.finfo(torch.float32).eps)
+    x32 = _ReparameterizedSample.apply(loc, scale, u, -1.0, 1.0)
+    x64 = _ReparameterizedSample.apply(loc.double(), scale.double(), u.double(), -1.0, 1.0)
+    assert x32.dtype == torch.float32 and torch.equal(x32, x64.float())
 
 
 def test_rsample_with_tensor_bounds_and_no_gradient() -> None:
@@ -221,8 +289,9 @@ def test_rsample_without_gradient_equals_the_differentiable_sample() -> None:
 
 
 @pytest.fixture(params=["scipy", "torch"])
-def sample_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """The one-pass sample through SciPy's float64 ufuncs (CPU default) or through torch (accelerators)."""
+def array_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The array formulas (the one-pass sample, the update's fused log-prob and entropy) through SciPy's float64
+    ufuncs (CPU default) or through torch (accelerators)."""
     if request.param == "torch":
         monkeypatch.setattr(truncated_normal, "_scipy_ops", lambda: None)
     return request.param
@@ -244,9 +313,9 @@ def _sample_and_log_prob_with_reference(loc, scale, low, high, seed, shape=(40,)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize(("low", "high"), [(-1.0, 1.0), (-2.0, 0.5)])
+@pytest.mark.parametrize(("low", "high"), [(-1.0, 1.0), (-2.0, 0.5), (0.0, 2.0)])
 def test_sample_and_log_prob_match_icdf_and_log_prob(
-    dtype: torch.dtype, low: float, high: float, sample_backend: str
+    dtype: torch.dtype, low: float, high: float, array_backend: str
 ) -> None:
     width = 0.5 * (high - low)
     loc = torch.tensor([0.5 * (low + high) + width * c[0] for c in CASES] + [high - 1e-3, low], dtype=dtype)
@@ -281,7 +350,7 @@ def test_sample_and_log_prob_match_the_reference_everywhere(
     torch.testing.assert_close(log_prob, expected_log_prob, rtol=1e-9, atol=1e-9)
 
 
-def test_sample_and_log_prob_far_outside_the_support_take_the_deep_tail(sample_backend: str) -> None:
+def test_sample_and_log_prob_far_outside_the_support_take_the_deep_tail(array_backend: str) -> None:
     # Locations far outside [-1, 1] put every quantile level below float32's smallest normal number.
     loc = torch.tensor([12.0, -12.0, 3.0])
     scale = torch.tensor([0.1, 0.1, 0.05])
@@ -291,7 +360,7 @@ def test_sample_and_log_prob_far_outside_the_support_take_the_deep_tail(sample_b
     torch.testing.assert_close(log_prob.double(), expected_log_prob, rtol=1e-4, atol=2e-2)
 
 
-def test_sample_and_log_prob_with_tensor_bounds_and_under_grad_mode(sample_backend: str) -> None:
+def test_sample_and_log_prob_with_tensor_bounds_and_under_grad_mode(array_backend: str) -> None:
     loc = torch.zeros(3, requires_grad=True)
     dist = TruncatedNormal(loc, torch.ones(3), low=torch.tensor([-2.0, 0.0, -0.5]), high=1.0)
     x, log_prob = dist.sample_and_log_prob((500,))
@@ -368,7 +437,7 @@ def test_sample_and_log_prob_backends_agree_draw_for_draw(dtype: torch.dtype) ->
     )
 
 
-def test_sample_and_log_prob_keeps_half_precision_and_cpu_tensors(sample_backend: str) -> None:
+def test_sample_and_log_prob_keeps_half_precision_and_cpu_tensors(array_backend: str) -> None:
     dist = TruncatedNormal(
         torch.tensor([0.2, -0.9], dtype=torch.bfloat16), torch.tensor([0.3, 0.01]).bfloat16()
     )
@@ -393,7 +462,9 @@ def _fused_and_reference(loc, scale, value):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_log_prob_and_entropy_match_the_reference_in_values_and_gradients(dtype: torch.dtype) -> None:
+def test_log_prob_and_entropy_match_the_reference_in_values_and_gradients(
+    array_backend: str, dtype: torch.dtype
+) -> None:
     loc = torch.tensor([c[0] for c in CASES] + [0.999, -0.5], dtype=dtype)
     scale = torch.tensor([c[1] for c in CASES] + [0.02, 3.0], dtype=dtype)
     value = (loc + 0.5 * scale).clamp(-1.0, 1.0)
@@ -405,6 +476,7 @@ def test_log_prob_and_entropy_match_the_reference_in_values_and_gradients(dtype:
         torch.testing.assert_close(grad, expected, **tolerance)
 
 
+@pytest.mark.parametrize("backend", ["scipy", "torch"])
 @settings(max_examples=60, deadline=None)
 @given(
     loc=st.floats(-1.0, 1.0),
@@ -412,19 +484,21 @@ def test_log_prob_and_entropy_match_the_reference_in_values_and_gradients(dtype:
     position=st.floats(0.0, 1.0),
 )
 def test_log_prob_and_entropy_gradients_match_the_reference_everywhere(
-    loc: float, log_scale: float, position: float
+    backend: str, loc: float, log_scale: float, position: float
 ) -> None:
     loc_t = torch.tensor([loc], dtype=torch.float64)
     scale_t = torch.tensor([math.exp(log_scale)], dtype=torch.float64)
     # A point of the support around the location, where the density is not negligible.
     value_t = (loc_t + (2.0 * position - 1.0) * scale_t).clamp(-1.0, 1.0)
-    (fused, fused_grads), (reference, reference_grads) = _fused_and_reference(loc_t, scale_t, value_t)
+    scipy_ops = truncated_normal._scipy_ops if backend == "scipy" else lambda: None
+    with mock.patch.object(truncated_normal, "_scipy_ops", scipy_ops):
+        (fused, fused_grads), (reference, reference_grads) = _fused_and_reference(loc_t, scale_t, value_t)
     torch.testing.assert_close(fused, reference, rtol=1e-7, atol=1e-8)
     for grad, expected in zip(fused_grads, reference_grads, strict=True):
         torch.testing.assert_close(grad, expected, rtol=1e-6, atol=1e-6)
 
 
-def test_log_prob_and_entropy_pass_gradcheck() -> None:
+def test_log_prob_and_entropy_pass_gradcheck(array_backend: str) -> None:
     from era_core.truncated_normal import _LogProbAndEntropy
 
     loc = torch.tensor([0.0, 0.9, -0.99, 0.3, 2.0], dtype=torch.float64, requires_grad=True)
@@ -433,7 +507,7 @@ def test_log_prob_and_entropy_pass_gradcheck() -> None:
     assert torch.autograd.gradcheck(lambda *a: _LogProbAndEntropy.apply(*a, -1.0, 1.0), (loc, scale, value))
 
 
-def test_log_prob_is_one_node_that_agrees_with_the_graph_free_path() -> None:
+def test_log_prob_is_one_node_that_agrees_with_the_graph_free_path(array_backend: str) -> None:
     loc = torch.tensor([0.1, -0.7, 0.95], requires_grad=True)
     scale = torch.tensor([0.2, 0.5, 0.01], requires_grad=True)
     value = torch.tensor([0.0, -1.0, 1.0])
@@ -466,7 +540,7 @@ def test_log_prob_and_entropy_fall_back_for_tensor_bounds_and_broadcast_values()
 
 
 @pytest.mark.parametrize("shape", [(), (3,)])
-def test_sample_and_log_prob_of_scalar_parameters(sample_backend: str, shape: tuple) -> None:
+def test_sample_and_log_prob_of_scalar_parameters(array_backend: str, shape: tuple) -> None:
     for dist in (TruncatedNormal(torch.tensor(0.3), torch.tensor(0.5)), TruncatedNormal(0.3, 0.5)):
         x, log_prob = dist.sample_and_log_prob(shape)
         assert x.shape == log_prob.shape == shape and x.dtype == log_prob.dtype == torch.float32
@@ -507,7 +581,66 @@ def test_cpu_rollouts_take_the_scipy_path_unless_compiled_or_traced(monkeypatch:
     assert rsample.call_count == 2 and len(seen) == 3
 
 
-def test_log_prob_keeps_the_parameters_dtype_and_is_minus_infinity_outside_the_support() -> None:
+def test_cpu_updates_take_the_scipy_path_unless_compiled_or_traced(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = []
+    formula = truncated_normal._log_prob_and_entropy_in_interval
+    monkeypatch.setattr(
+        truncated_normal,
+        "_log_prob_and_entropy_in_interval",
+        lambda ops, *a: seen.append(ops) or formula(ops, *a),
+    )
+    loc = torch.tensor([0.2, -0.3], requires_grad=True)
+    dist = TruncatedNormal(loc, torch.tensor([0.5, 0.1]))
+    dist.log_prob_and_entropy(torch.tensor([0.1, -0.2]))
+    assert seen == [truncated_normal._scipy_ops()] and seen[0] is not None
+    for flag in ("torch.compiler.is_compiling", "torch.jit.is_tracing"):
+        with mock.patch(flag, lambda: True):
+            dist.log_prob_and_entropy(torch.tensor([0.1, -0.2]))
+        assert seen[-1] is truncated_normal._TorchOps
+
+
+def test_log_prob_and_entropy_on_an_interval_off_zero_match_the_two_calls(array_backend: str) -> None:
+    # Number bounds whose centre is not 0: the fused node's mirror image is taken about the centre.
+    loc = torch.tensor([0.3, 1.9, 1.0, -0.4], dtype=torch.float64)
+    scale = torch.tensor([0.5, 0.1, 2.0, 0.3], dtype=torch.float64)
+    value = torch.tensor([0.2, 1.95, 0.0, 0.1], dtype=torch.float64)
+    results = []
+    for fused in (True, False):
+        leaves = [loc.clone().requires_grad_(True), scale.clone().requires_grad_(True)]
+        dist = TruncatedNormal(*leaves, low=0.0, high=2.0)
+        if fused:
+            log_prob, entropy = dist.log_prob_and_entropy(value)
+        else:  # the two-call path differentiates ln Z through _LogZAndDensityRatios
+            log_prob, entropy = dist.log_prob(value.expand(1, 4))[0], dist.entropy()
+        (log_prob.sum() + 2.0 * entropy.sum()).backward()
+        results.append([log_prob.detach(), entropy.detach(), *(leaf.grad for leaf in leaves)])
+    for got, expected in zip(*results, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("output", ["log_prob", "entropy"])
+def test_a_gradient_of_one_output_alone_matches_the_reference(array_backend: str, output: str) -> None:
+    # The loss may read only one of the two (SAC's actor: the log-prob; an entropy bonus: the entropy).
+    loc = torch.tensor([0.3, -0.95, 0.0], dtype=torch.float64)
+    scale = torch.tensor([0.2, 0.05, 2.0], dtype=torch.float64)
+    value = torch.tensor([0.1, -0.99, 0.7], dtype=torch.float64)
+    index = ["log_prob", "entropy"].index(output)
+    grads = []
+    for fused in (True, False):
+        leaves = [loc.clone().requires_grad_(True), scale.clone().requires_grad_(True)]
+        if fused:
+            stats_ = TruncatedNormal(*leaves).log_prob_and_entropy(value)[index]
+        else:
+            stats_ = _reference_statistics(*leaves, value)[index]
+        stats_.sum().backward()
+        grads.append([leaf.grad for leaf in leaves])
+    for grad, expected in zip(*grads, strict=True):
+        torch.testing.assert_close(grad, expected, rtol=1e-7, atol=1e-9)
+
+
+def test_log_prob_keeps_the_parameters_dtype_and_is_minus_infinity_outside_the_support(
+    array_backend: str,
+) -> None:
     loc, scale = torch.tensor([0.1, -0.5]), torch.tensor([0.3, 0.2])
     value = torch.tensor([0.3, -1.5], dtype=torch.float64)
     for grad in (False, True):
@@ -525,7 +658,9 @@ def test_log_prob_keeps_the_parameters_dtype_and_is_minus_infinity_outside_the_s
     assert [t.dtype for t in half.log_prob_and_entropy(value[:1].expand(2).float())] == [torch.bfloat16] * 2
 
 
-def test_log_prob_and_entropy_is_one_node_and_broadcast_values_get_the_reference_gradient() -> None:
+def test_log_prob_and_entropy_is_one_node_and_broadcast_values_get_the_reference_gradient(
+    array_backend: str,
+) -> None:
     loc = torch.tensor([0.1, -0.4], requires_grad=True)
     scale = torch.tensor([0.3, 0.6], requires_grad=True)
     log_prob, entropy = TruncatedNormal(loc, scale).log_prob_and_entropy(torch.tensor([0.5, 0.5]))
@@ -546,7 +681,7 @@ def test_log_prob_and_entropy_is_one_node_and_broadcast_values_get_the_reference
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_sample_and_log_prob_clamp_the_uniform_draw_like_rsample(
-    sample_backend: str, dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
+    array_backend: str, dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # torch.rand can return 0 and values above 1 - eps; the draw is used as clamp(u, eps, 1 - eps), as in rsample.
     eps = torch.finfo(dtype).eps

@@ -107,6 +107,7 @@ def test_launcher_shards_resume_and_report(tiny_protocol: Path, tmp_path: Path):
     assert run_main([str(tiny_protocol), "--shard", "1/2", *_run_dirs(tmp_path)]) == 0
     log = (zoo_run_folder(runs_dir, first).parents[1] / "train.log").read_text()
     assert f"from its checkpoint at {killed_at} steps" in log
+    assert "Loading compressed replay buffer" in log
     assert run_main([str(tiny_protocol), "--shard", "2/2", "--workers", "2", *_run_dirs(tmp_path)]) == 0
 
     for run in protocol.runs():

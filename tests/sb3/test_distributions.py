@@ -7,9 +7,11 @@ import math
 import numpy as np
 import pytest
 import torch as th
+from stable_baselines3.common.distributions import SquashedDiagGaussianDistribution
 
 from era_core import TruncatedNormal
 from sb3_era import TruncatedNormalDistribution
+from sb3_era.distributions import RolloutSquashedDiagGaussianDistribution
 
 
 def _params(batch: int = 64, dim: int = 3, seed: int = 0) -> tuple[th.Tensor, th.Tensor]:
@@ -127,10 +129,119 @@ def test_own_samples_follow_the_truncated_normal_in_env_units():
 
 
 def test_unbounded_or_inverted_bounds_raise():
-    for low, high in [(-np.inf, 1.0), (1.0, -1.0)]:
+    for low, high in [(-np.inf, 1.0), (1.0, -1.0), (0.5, 0.5)]:
         try:
             TruncatedNormalDistribution(2, low, high)
         except ValueError as error:
             assert "low < high" in str(error)
         else:
             raise AssertionError(f"bounds {low}, {high} were accepted")
+
+
+@pytest.mark.parametrize("dtype", [th.float32, th.float64], ids=str)
+def test_saturated_means_keep_the_location_strictly_inside_the_box(dtype):
+    # tanh of a saturated mean rounds to +-1; the location is kept one eps inside, as documented.
+    mean = th.tensor([[100.0, -100.0, 0.5]], dtype=dtype)
+    dist = TruncatedNormalDistribution(3).proba_distribution(mean, th.zeros(1, 3, dtype=dtype))
+    edge = 1.0 - th.finfo(dtype).eps
+    th.testing.assert_close(dist.distribution.loc, th.tensor([[edge, -edge, math.tanh(0.5)]], dtype=dtype))
+    assert th.all(dist.mode().abs() < 1.0)
+
+
+# float32 boxes whose affine map sends a bound a hair outside [-1, 1] (found by a search).
+ROUNDS_ABOVE_ONE = (-1.8151915073394775, -0.43992894887924194)
+ROUNDS_BELOW_MINUS_ONE = (-3.651066541671753, -2.3715548515319824)
+
+
+@pytest.mark.parametrize("box", [ROUNDS_ABOVE_ONE, ROUNDS_BELOW_MINUS_ONE], ids=["high", "low"])
+def test_actions_on_a_bound_stay_in_the_unit_box_after_the_affine_map(box):
+    low, high = box
+    dist = TruncatedNormalDistribution(1, low, high).proba_distribution(th.zeros(1, 1), th.zeros(1, 1))
+    on_bounds = th.tensor([[low], [high]])
+    unit_box = TruncatedNormalDistribution(1).proba_distribution(th.zeros(1, 1), th.zeros(1, 1))
+    expected = unit_box.log_prob(th.tensor([[-1.0], [1.0]])) - dist.log_scale_correction
+    th.testing.assert_close(dist.log_prob(on_bounds), expected)
+
+
+def test_rollout_log_prob_of_the_sampled_actions_is_the_one_computed_with_them():
+    dist = TruncatedNormalDistribution(2).proba_distribution(*_params(batch=8, dim=2))
+    with th.no_grad():
+        actions = dist.sample()
+        cached = dist.log_prob(actions)
+        assert dist.log_prob(actions) is cached  # not recomputed
+        assert dist.log_prob(actions.clone()) is not cached  # other actions (here equal) are scored afresh
+
+
+@pytest.mark.parametrize(("low", "high"), [(-1.0, 2.0), (-2.0, 1.0)])
+def test_a_box_sharing_one_bound_with_the_unit_box_is_mapped(low, high):
+    # Only [-1, 1] itself skips the affine map: one shared bound is not enough.
+    mean, log_std = _params(dim=1)
+    unit = TruncatedNormalDistribution(1).proba_distribution(mean, log_std)
+    dist = TruncatedNormalDistribution(1, low, high).proba_distribution(mean, log_std)
+    half_range = (high - low) / 2
+    th.testing.assert_close(dist.mode(), (high + low) / 2 + half_range * unit.mode())
+    th.testing.assert_close(dist.entropy(), unit.entropy() + math.log(half_range))
+
+
+def test_bounds_are_kept_in_float32_and_follow_a_half_precision_policy():
+    # Bounds are read in float32, like the actions SB3 stores; a float16 policy gets float16 actions.
+    dist = TruncatedNormalDistribution(2, np.array([-2.0, 0.1]), 0.7)
+    assert dist.center.dtype == dist.half_range.dtype == th.float32
+    mean, log_std = (t.to(th.float16) for t in _params(batch=4, dim=2))
+    dist.proba_distribution(mean, log_std)
+    assert dist.mode().dtype == dist.sample().dtype == th.float16
+
+
+@pytest.mark.parametrize(
+    "distribution_class", [TruncatedNormalDistribution, RolloutSquashedDiagGaussianDistribution]
+)
+def test_parameter_checks_run_in_training_and_are_skipped_in_rollouts(distribution_class):
+    mean, log_std = _params(batch=4, dim=2)
+    dist = distribution_class(2)
+    assert (
+        dist.proba_distribution(mean, log_std).distribution._validate_args
+        is th.distributions.Distribution._validate_args
+    )
+    with th.no_grad():
+        assert dist.proba_distribution(mean, log_std).distribution._validate_args is False
+    with pytest.raises(ValueError, match="scale"):
+        dist.proba_distribution(mean, th.full_like(log_std, -math.inf))
+
+
+def test_rollout_squashed_gaussian_is_sb3s_in_rollouts_and_training():
+    mean, log_std = _params(batch=4, dim=2)
+    actions = th.tensor([[0.5, -0.9]] * 4)
+    for grad in (False, True):
+        with th.set_grad_enabled(grad):
+            ours = RolloutSquashedDiagGaussianDistribution(2).proba_distribution(mean, log_std)
+            sb3 = SquashedDiagGaussianDistribution(2).proba_distribution(mean, log_std)
+            th.testing.assert_close(ours.log_prob(actions), sb3.log_prob(actions), rtol=0, atol=0)
+            th.testing.assert_close(ours.mode(), sb3.mode(), rtol=0, atol=0)
+            th.manual_seed(0)
+            sample = ours.sample()
+            th.manual_seed(0)
+            th.testing.assert_close(sample, sb3.sample(), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("after_log_prob", [False, True])
+def test_entropy_records_a_graph_only_when_asked_and_under_grad(after_log_prob: bool, monkeypatch) -> None:
+    mean = th.tensor([[0.3, -1.2], [2.0, 0.1]], requires_grad=True)
+    log_std = th.tensor([-0.5, -1.0], requires_grad=True)
+    actions = th.tensor([[0.2, -0.7], [0.9, 0.0]])
+    for needs_grad in (True, False):
+        dist = TruncatedNormalDistribution(2)
+        dist.entropy_needs_grad = needs_grad
+        dist.proba_distribution(mean, log_std)
+        log_prob = dist.log_prob(actions) if after_log_prob else None
+        entropy = dist.entropy()
+        assert entropy.requires_grad == needs_grad
+        expected = dist.distribution.entropy().sum(dim=1)
+        th.testing.assert_close(entropy.detach(), expected.detach())
+        if after_log_prob:
+            # The entropy computed beside the log-prob (one node) is the one returned, not recomputed.
+            monkeypatch.setattr(dist.distribution, "entropy", lambda: pytest.fail("entropy recomputed"))
+            th.testing.assert_close(dist.entropy().detach(), expected.detach())
+            monkeypatch.undo()
+            assert log_prob.requires_grad
+        with th.no_grad():
+            assert not dist.entropy().requires_grad

@@ -169,3 +169,109 @@ def test_callback_refuses_a_policy_without_era():
     model = SAC("MlpPolicy", ReachTargetEnv(), policy_kwargs=dict(net_arch=TINY_NET))
     with pytest.raises(ValueError, match="needs an ERA policy"):
         model.learn(8, callback=ERAEntropyCallback())
+
+
+# The on-policy ERA policies' construction errors, message by message: a user reads them to fix a call.
+ON_POLICY_BATCH_FLOOR_MESSAGE = (
+    "floor='batch': the PPO/A2C ERA policies support floor='state' only. With the state-independent log-std "
+    "every state has the same entropy, so the per-state floor already holds the batch mean; with "
+    "state_dependent_std=True a batch-level shift (spec 1.4) would change the policy with each minibatch, so "
+    "the rollout's log-probabilities (collected in evaluation mode) would not be those of the policy being "
+    "updated. Use floor='state' (and learn_delta=True to hold the final policy's entropy at the target)."
+)
+
+
+@pytest.mark.parametrize("action_space", [BOX, spaces.Discrete(3)], ids=str)
+def test_on_policy_batch_floor_is_refused_with_the_full_reason(action_space):
+    with pytest.raises(ValueError) as error:
+        ERAActorCriticPolicy(OBS_SPACE, action_space, _lr, floor="batch", min_entropy=0.5)
+    assert str(error.value) == ON_POLICY_BATCH_FLOOR_MESSAGE
+
+
+@pytest.mark.parametrize(
+    "knobs",
+    [
+        dict(target_entropy=-1.0),
+        dict(target_entropy_per_dim=-0.5),
+        dict(log_std_min=-5.0),
+        dict(log_std_max=0.5),
+        dict(action_distribution="tanh"),
+        dict(delta=0.5),
+        dict(learn_delta=True),
+        dict(state_dependent_std=True),
+        dict(log_std_min=-5.0, delta=0.5, state_dependent_std=True),
+    ],
+    ids=lambda knobs: "+".join(knobs),
+)
+def test_on_policy_discrete_refuses_each_box_knob_by_name(knobs):
+    with pytest.raises(ValueError) as error:
+        ERAActorCriticPolicy(OBS_SPACE, spaces.Discrete(3), _lr, min_entropy=0.5, **knobs)
+    assert str(error.value) == f"{', '.join(knobs)} apply to Box action spaces, not to Discrete(3)"
+
+
+@pytest.mark.parametrize(
+    "knobs",
+    [dict(min_entropy=0.5), dict(softmax_tau=5.0), dict(softmax_construction="calibrated")],
+    ids=lambda knobs: "+".join(knobs),
+)
+def test_on_policy_box_refuses_each_discrete_knob(knobs):
+    with pytest.raises(ValueError) as error:
+        ERAActorCriticPolicy(OBS_SPACE, BOX, _lr, **knobs)
+    assert str(error.value) == (
+        "min_entropy, softmax_tau and softmax_construction apply to Discrete action spaces, not to "
+        "Box(-1.0, 1.0, (3,), float32)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("knobs", "interval"),
+    [
+        (dict(), "(-0.0597, 1.0390]"),  # the paper's map reaches its upper end: a closed interval
+        (dict(softmax_tau=6.0), "(-0.2086, 0.8901]"),
+        (dict(softmax_construction="mixture"), "(0.0000, 1.0986)"),
+    ],
+    ids=["paper", "paper-tau", "mixture"],
+)
+def test_on_policy_discrete_without_min_entropy_states_the_interval_of_its_construction(knobs, interval):
+    with pytest.raises(ValueError) as error:
+        ERAActorCriticPolicy(OBS_SPACE, spaces.Discrete(3), _lr, **knobs)
+    tau = knobs.get("softmax_tau", 4.0)
+    construction = knobs.get("softmax_construction", "paper")
+    assert str(error.value) == (
+        f"ERA for Discrete actions needs min_entropy, the entropy floor (nats); for Discrete(3), "
+        f"softmax_construction={construction!r} and softmax_tau={tau} it must lie in {interval}"
+    )
+
+
+def test_on_policy_unsupported_action_space_message_names_both_supported_kinds():
+    with pytest.raises(ValueError) as error:
+        ERAActorCriticPolicy(OBS_SPACE, spaces.MultiBinary(3), _lr)
+    assert (
+        str(error.value)
+        == "ERA policies support Box (continuous) and Discrete action spaces, got MultiBinary(3)"
+    )
+
+
+@pytest.mark.parametrize("policy_class", OFF_POLICY_CLASSES, ids=lambda c: c.__name__)
+def test_off_policy_unknown_floor_is_refused_with_the_allowed_values(policy_class):
+    with pytest.raises(ValueError) as error:
+        policy_class(OBS_SPACE, BOX, _lr, floor="episode")
+    assert str(error.value) == "floor must be one of ('state', 'batch'), got 'episode'"
+
+
+@pytest.mark.parametrize(
+    ("knobs", "given"),
+    [
+        (dict(delta=0.5), "delta=0.5 and learn_delta=False"),
+        (dict(learn_delta=True), "delta=0.0 and learn_delta=True"),
+        (dict(delta=0.5, learn_delta=True), "delta=0.5 and learn_delta=True"),
+    ],
+    ids=["delta", "learn_delta", "both"],
+)
+@pytest.mark.parametrize("policy_class", OFF_POLICY_CLASSES, ids=lambda c: c.__name__)
+def test_off_policy_batch_floor_refuses_a_compensation_with_the_full_reason(policy_class, knobs, given):
+    with pytest.raises(ValueError) as error:
+        policy_class(OBS_SPACE, BOX, _lr, floor="batch", **knobs)
+    assert str(error.value) == (
+        f"{given} apply to the per-state floor only; use floor='state' or leave delta=0.0, learn_delta=False"
+    )

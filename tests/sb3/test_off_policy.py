@@ -8,21 +8,42 @@ import pytest
 import torch as th
 from gymnasium import spaces
 from sb3_era_envs import TINY_NET, ReachTargetEnv
+from stable_baselines3.common.distributions import SquashedDiagGaussianDistribution
+from stable_baselines3.common.torch_layers import FlattenExtractor
+from torch import nn
 
-from era_core import gaussian_entropy
+from era_core import BatchGaussianERA, GaussianERA, gaussian_entropy
 from sb3_era import (
     ERASAC,
     ERATQC,
+    ERAActor,
     ERACrossQ,
+    ERACrossQActor,
+    ERACrossQPolicy,
     ERASACCnnPolicy,
     ERASACMultiInputPolicy,
     ERASACPolicy,
+    ERATQCCnnPolicy,
+    ERATQCMultiInputPolicy,
+    ERATQCPolicy,
     TruncatedNormalDistribution,
 )
 
 OFF_POLICY = [ERASAC, ERATQC, ERACrossQ]
 TRAIN_STEPS = 300
 FLOAT_TOLERANCE = 1e-5
+# The ERA actor's keyword defaults, written out (a changed default must fail the tests that compare with it).
+ERA_DEFAULTS = dict(
+    target_entropy=None,
+    target_entropy_per_dim=None,
+    log_std_min=-8.0,
+    log_std_max=0.0,
+    action_distribution="truncated",
+    delta=0.0,
+    learn_delta=False,
+    floor="state",
+    floor_momentum=0.01,
+)
 
 
 def _train(algo, env, steps: int = TRAIN_STEPS, **kwargs):
@@ -160,19 +181,28 @@ def test_batch_floor_holds_the_batch_mean_entropy_at_the_target_during_training(
     assert actor.era.running_shift.item() != 0.0
 
 
-def test_cnn_and_multi_input_policies_build_era_actors_and_act():
+@pytest.mark.parametrize(
+    ("cnn_class", "multi_input_class"),
+    [(ERASACCnnPolicy, ERASACMultiInputPolicy), (ERATQCCnnPolicy, ERATQCMultiInputPolicy)],
+    ids=["SAC", "TQC"],
+)
+def test_cnn_and_multi_input_policies_build_era_actors_and_act(cnn_class, multi_input_class):
     image_space = spaces.Box(0, 255, (3, 40, 40), np.uint8)
     action_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
-    cnn = ERASACCnnPolicy(image_space, action_space, lambda _: 1e-3, net_arch=TINY_NET)
+    # Every keyword reaches the host policy and the ERA actor: the network sizes and the ERA knobs.
+    knobs = dict(net_arch=[16], target_entropy=-1.0)
+    cnn = cnn_class(image_space, action_space, lambda _: 1e-3, **knobs)
     action, _ = cnn.predict(image_space.sample())
     assert action.shape == (2,)
     dict_space = spaces.Dict({"image": image_space, "vector": spaces.Box(-1.0, 1.0, (5,), np.float32)})
-    multi = ERASACMultiInputPolicy(dict_space, action_space, lambda _: 1e-3, net_arch=TINY_NET)
+    multi = multi_input_class(dict_space, action_space, lambda _: 1e-3, **knobs)
     action, _ = multi.predict(dict_space.sample())
     assert action.shape == (2,)
-    for policy in (cnn, multi):
+    for policy, extractor in ((cnn, "NatureCNN"), (multi, "CombinedExtractor")):
         assert isinstance(policy.actor.action_dist, TruncatedNormalDistribution)
-        assert type(policy.actor.features_extractor).__name__ in ("NatureCNN", "CombinedExtractor")
+        assert type(policy.actor.features_extractor).__name__ == extractor
+        assert policy.net_arch == [16] and policy.actor.mu.in_features == 16
+        assert policy.actor.era.target_entropy == -1.0
 
 
 class _DictReachTargetEnv(ReachTargetEnv):
@@ -256,3 +286,106 @@ def test_log_probs_are_computed_wherever_train_reads_them(algo, kwargs):
         "MlpPolicy", ReachTargetEnv(), policy_kwargs=dict(net_arch=TINY_NET), **kwargs
     )._log_prob_unread()
     assert algo("MlpPolicy", ReachTargetEnv(), policy_kwargs=dict(net_arch=TINY_NET))._log_prob_unread()
+
+
+def _direct_actor(actor_class=ERAActor, **knobs) -> ERAActor:
+    """An ERA actor built directly, as SB3 builds its ``Actor`` (the policies pass every knob)."""
+    env = ReachTargetEnv()
+    extractor = FlattenExtractor(env.observation_space)
+    return actor_class(
+        env.observation_space, env.action_space, TINY_NET, extractor, extractor.features_dim, **knobs
+    )
+
+
+@pytest.mark.parametrize("actor_class", [ERAActor, ERACrossQActor], ids=lambda c: c.__name__)
+def test_era_actor_built_directly_has_the_policys_defaults(actor_class):
+    actor = _direct_actor(actor_class)
+    policy_actor = ERASACPolicy(
+        ReachTargetEnv().observation_space, ReachTargetEnv().action_space, lambda _: 1e-3
+    ).actor
+    assert actor.era_kwargs == policy_actor.era_kwargs == ERA_DEFAULTS
+    assert {k: v for k, v in actor._get_constructor_parameters().items() if k in ERA_DEFAULTS} == ERA_DEFAULTS
+    assert isinstance(actor.era, GaussianERA) and isinstance(actor.action_dist, TruncatedNormalDistribution)
+    assert (actor.era.log_std_min, actor.era.log_std_max, actor.era.target_entropy) == (-8.0, 0.0, -1.5)
+    assert actor.era.delta.item() == 0.0 and not actor.era.learn_delta
+    assert not actor.log_prob_unread
+
+
+def test_era_actor_passes_every_knob_to_its_era_module():
+    actor = _direct_actor(
+        target_entropy_per_dim=-1.0, log_std_min=-5.0, log_std_max=0.5, delta=0.2, learn_delta=True
+    )
+    era = actor.era
+    assert (era.target_entropy, era.log_std_min, era.log_std_max, era.learn_delta) == (-3.0, -5.0, 0.5, True)
+    assert era.delta.item() == pytest.approx(0.2)
+    assert actor.era_kwargs == dict(
+        ERA_DEFAULTS,
+        target_entropy_per_dim=-1.0,
+        log_std_min=-5.0,
+        log_std_max=0.5,
+        delta=0.2,
+        learn_delta=True,
+    )
+    assert _direct_actor(target_entropy=-2.0).era.target_entropy == -2.0
+    batch = _direct_actor(floor="batch", floor_momentum=0.5, log_std_min=-5.0, log_std_max=0.5).era
+    assert isinstance(batch, BatchGaussianERA)
+    assert (batch.momentum, batch.log_std_min, batch.log_std_max, batch.target_entropy) == (
+        0.5,
+        -5.0,
+        0.5,
+        -1.5,
+    )
+    assert _direct_actor(floor="batch").era.momentum == 0.01
+    assert _direct_actor(floor="batch", target_entropy=-2.0).era.target_entropy == -2.0
+    assert _direct_actor(floor="batch", target_entropy_per_dim=-1.0).era.target_entropy == -3.0
+    tanh = _direct_actor(action_distribution="tanh")
+    assert type(tanh.action_dist) is SquashedDiagGaussianDistribution
+
+
+@pytest.mark.parametrize(
+    "policy_class", [ERASACPolicy, ERATQCPolicy, ERACrossQPolicy], ids=lambda c: c.__name__
+)
+def test_make_actor_builds_an_era_actor_on_the_given_features_extractor(policy_class):
+    # SB3's override point: make_actor(features_extractor) shares the given extractor (as with critics).
+    env = ReachTargetEnv()
+    policy = policy_class(
+        env.observation_space, env.action_space, lambda _: 1e-3, net_arch=TINY_NET, floor="batch"
+    )
+    extractor = FlattenExtractor(env.observation_space)
+    actor = policy.make_actor(extractor)
+    assert actor.features_extractor is extractor
+    assert type(actor) is type(policy.actor) and actor.era_kwargs == policy.era_kwargs
+    # The policy's defaults reach the actor: the batch floor's running shift moves by 1% of each batch.
+    assert actor.era.momentum == policy.actor.era.momentum == 0.01
+
+
+@pytest.mark.parametrize(
+    "policy_class", [ERASACPolicy, ERATQCPolicy, ERACrossQPolicy], ids=lambda c: c.__name__
+)
+def test_policy_passes_and_saves_every_era_knob(policy_class):
+    env = ReachTargetEnv()
+    knobs = dict(
+        ERA_DEFAULTS,
+        target_entropy=-2.0,
+        log_std_min=-6.0,
+        log_std_max=0.5,
+        action_distribution="tanh",
+        floor="batch",
+        floor_momentum=0.05,
+    )
+    policy = policy_class(env.observation_space, env.action_space, lambda _: 1e-3, net_arch=TINY_NET, **knobs)
+    saved = policy._get_constructor_parameters()
+    assert {name: saved[name] for name in knobs} == knobs
+    assert policy.actor.era_kwargs == knobs
+    era = policy.actor.era
+    assert (era.target_entropy, era.log_std_min, era.log_std_max, era.momentum) == (-2.0, -6.0, 0.5, 0.05)
+
+
+@pytest.mark.parametrize(
+    "policy_class", [ERASACPolicy, ERATQCPolicy, ERACrossQPolicy], ids=lambda c: c.__name__
+)
+def test_host_positional_parameters_reach_the_host_policy(policy_class):
+    env = ReachTargetEnv()
+    policy = policy_class(env.observation_space, env.action_space, lambda _: 1e-3, [8], nn.ReLU)
+    assert policy.net_arch == [8] and policy.activation_fn is nn.ReLU
+    assert policy.actor.mu.in_features == 8

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import inspect
+
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch as th
+from gymnasium import spaces
 from sb3_contrib import RecurrentPPO
 from sb3_era_envs import TINY_NET, ReachTargetEnv
 from stable_baselines3 import A2C, PPO
 from stable_baselines3.common.distributions import SquashedDiagGaussianDistribution
+from torch import nn
 
-from era_core import categorical_entropy, gaussian_entropy
+from era_core import SoftmaxERA, categorical_entropy, gaussian_entropy
 from sb3_era import (
     ERAA2C,
     ERAPPO,
@@ -20,6 +25,7 @@ from sb3_era import (
     TruncatedNormalDistribution,
     era_entropy_stats,
 )
+from sb3_era.on_policy import ERAActorCriticMixin
 
 FLOAT_TOLERANCE = 1e-5
 ON_POLICY_KWARGS = {ERAPPO: dict(n_steps=128, batch_size=64, n_epochs=2), ERAA2C: dict(n_steps=16)}
@@ -273,3 +279,121 @@ def test_entropy_without_graph_at_zero_ent_coef_changes_no_gradient(algo, host, 
 def test_entropy_keeps_its_graph_where_the_loss_reads_it(monkeypatch):
     _, seen = _learn_recording_entropy_graphs(ERAPPO, monkeypatch, ent_coef=0.01)
     assert seen and all(seen)
+
+
+def test_discrete_policy_applies_the_softmax_era_of_its_own_tau():
+    env = gym.make("CartPole-v1")
+    policy = ERAActorCriticPolicy(
+        env.observation_space, env.action_space, lambda _: 1e-3, min_entropy=0.4, softmax_tau=6.0
+    )
+    obs = th.as_tensor(np.random.default_rng(0).standard_normal((64, 4)), dtype=th.float32)
+    with th.no_grad():
+        policy.action_net.weight.mul_(30.0)  # logits far apart, where tau shapes the map
+        logits = policy.action_net(policy.mlp_extractor.forward_actor(policy.extract_features(obs)))
+        got = policy.get_distribution(obs).distribution.logits
+        expected = th.log_softmax(SoftmaxERA(2, 0.4, 6.0)(logits), dim=-1)
+        default_tau = th.log_softmax(SoftmaxERA(2, 0.4)(logits), dim=-1)
+    th.testing.assert_close(got, expected)
+    assert not th.allclose(expected, default_tau, atol=1e-3)
+
+
+def test_state_dependent_std_head_starts_with_sb3s_small_orthogonal_init():
+    # As SB3 initialises its action head (gain 0.01): every state starts with nearly the same log-std.
+    env = ReachTargetEnv()
+    policy = ERAActorCriticPolicy(
+        env.observation_space, env.action_space, lambda _: 1e-3, state_dependent_std=True
+    )
+    singular_values = th.linalg.svdvals(policy.log_std_net.weight.detach())
+    th.testing.assert_close(singular_values, th.full_like(singular_values, 0.01))
+    assert not policy.log_std_net.bias.any()
+
+
+def test_rebuilt_optimizer_is_the_one_sb3_would_build():
+    # The schedule's value at the start (progress_remaining = 1), the optimizer class and its kwargs.
+    env = ReachTargetEnv()
+    policy = ERAActorCriticPolicy(
+        env.observation_space,
+        env.action_space,
+        lambda progress_remaining: 5e-4 * progress_remaining,
+        optimizer_class=th.optim.RMSprop,
+        optimizer_kwargs=dict(alpha=0.9, eps=1e-5),
+    )
+    assert isinstance(policy.optimizer, th.optim.RMSprop)
+    group = policy.optimizer.param_groups[0]
+    assert (group["lr"], group["alpha"], group["eps"]) == (5e-4, 0.9, 1e-5)
+
+
+def test_host_positional_parameters_reach_the_host_policy():
+    env = ReachTargetEnv()
+    policy = ERAActorCriticPolicy(env.observation_space, env.action_space, lambda _: 1e-3, [8], nn.ReLU)
+    assert policy.net_arch == [8] and policy.activation_fn is nn.ReLU
+    assert policy.action_net.in_features == 8
+
+
+def test_entropy_stats_report_the_compensation_in_use_for_box_actions_only():
+    env = ReachTargetEnv()
+    policy = ERAActorCriticPolicy(env.observation_space, env.action_space, lambda _: 1e-3, delta=0.3)
+    stats = policy.entropy_stats(th.zeros(8, 4))
+    assert stats["delta"] == pytest.approx(0.3)
+    assert stats["entropy_floor"] == pytest.approx(-1.5 + 0.3)
+    cartpole = gym.make("CartPole-v1")
+    discrete = ERAActorCriticPolicy(
+        cartpole.observation_space, cartpole.action_space, lambda _: 1e-3, min_entropy=0.4
+    )
+    assert "delta" not in discrete.entropy_stats(th.zeros(8, 4))
+
+
+def _recurrent_policy(low: float, high: float, action_distribution: str) -> ERARecurrentActorCriticPolicy:
+    env = ReachTargetEnv()
+    box = spaces.Box(np.float32(low), np.float32(high), (3,), np.float32)
+    return ERARecurrentActorCriticPolicy(
+        env.observation_space,
+        box,
+        lambda _: 1e-3,
+        lstm_hidden_size=8,
+        action_distribution=action_distribution,
+    )
+
+
+@pytest.mark.parametrize(("low", "high"), [(-2.0, 2.0), (-1.0, 2.0), (-2.0, 1.0), (0.0, 1.0)])
+def test_recurrent_tanh_policy_is_refused_for_bounds_other_than_the_unit_box(low, high):
+    with pytest.raises(ValueError) as error:
+        _recurrent_policy(low, high, "tanh")
+    box = spaces.Box(np.float32(low), np.float32(high), (3,), np.float32)
+    assert str(error.value) == (
+        "action_distribution='tanh' with RecurrentPPO needs a Box with bounds [-1, 1] (RecurrentPPO clips "
+        f"actions instead of rescaling them), got {box}; use 'truncated'"
+    )
+    assert isinstance(_recurrent_policy(low, high, "truncated").action_dist, TruncatedNormalDistribution)
+
+
+def test_recurrent_tanh_policy_on_the_unit_box_squashes():
+    policy = _recurrent_policy(-1.0, 1.0, "tanh")
+    assert isinstance(policy.action_dist, SquashedDiagGaussianDistribution) and policy.squash_output
+
+
+def test_constructor_parameters_hold_every_era_parameter():
+    # What SB3 saves and passes back at load: every keyword of the ERA mixin, with the value in use.
+    env = ReachTargetEnv()
+    knobs = dict(target_entropy=-2.0, log_std_min=-6.0, log_std_max=0.5, delta=0.1, state_dependent_std=True)
+    policy = ERAActorCriticPolicy(env.observation_space, env.action_space, lambda _: 1e-3, **knobs)
+    era_parameters = [
+        name
+        for name, parameter in inspect.signature(ERAActorCriticMixin.__init__).parameters.items()
+        if parameter.kind is inspect.Parameter.KEYWORD_ONLY
+    ]
+    saved = policy._get_constructor_parameters()
+    assert {name: saved[name] for name in era_parameters} == dict(
+        target_entropy=-2.0,
+        target_entropy_per_dim=None,
+        log_std_min=-6.0,
+        log_std_max=0.5,
+        action_distribution="truncated",
+        delta=0.1,
+        learn_delta=False,
+        floor="state",
+        state_dependent_std=True,
+        min_entropy=None,
+        softmax_tau=4.0,
+        softmax_construction="paper",
+    )

@@ -179,8 +179,9 @@ def test_actor_critic_cnn_and_multi_input_policies_keep_the_floor(policy_class, 
 def test_entropy_bonus_with_an_era_policy_warns_and_the_default_does_not(algo, kwargs):
     with pytest.warns(UserWarning, match="double-counts entropy"):
         algo("MlpPolicy", ReachTargetEnv(), policy_kwargs=dict(net_arch=TINY_NET), **kwargs)
-    kwargs.pop("ent_coef")
+    # A copy without ent_coef: the parametrised dict is shared by every run of this test in one process.
+    default = {key: value for key, value in kwargs.items() if key != "ent_coef"}
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*double-counts entropy.*")
-        model = algo("MlpPolicy", ReachTargetEnv(), policy_kwargs=dict(net_arch=TINY_NET), **kwargs)
+        model = algo("MlpPolicy", ReachTargetEnv(), policy_kwargs=dict(net_arch=TINY_NET), **default)
     assert model.ent_coef == 0.0 or model.ent_coef_tensor.item() == 0.0

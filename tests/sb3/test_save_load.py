@@ -1,6 +1,9 @@
-"""model.save/load and policy.save/load keep every ERA knob; deterministic actions are unchanged."""
+"""model.save/load and policy.save/load keep every ERA knob; deterministic actions are unchanged; resume checkpoints."""
 
 from __future__ import annotations
+
+import gzip
+import io
 
 import numpy as np
 import pytest
@@ -18,6 +21,7 @@ from sb3_era import (
     ERARecurrentActorCriticPolicy,
     ERASACPolicy,
 )
+from sb3_era.zoo_resume import CHECKPOINT_FOLDER, ResumeCheckpointCallback, read_checkpoint_state
 
 OFF_POLICY_KNOBS = dict(
     target_entropy_per_dim=-0.7,
@@ -159,3 +163,33 @@ def test_recurrent_discrete_policy_keeps_its_tight_floor_through_save_and_load(t
         loaded.predict(OBS, episode_start=starts, deterministic=True)[0],
         model.predict(OBS, episode_start=starts, deterministic=True)[0],
     )
+
+
+def test_resume_checkpoint_writes_the_replay_buffer_compressed_and_it_loads_back(tmp_path):
+    model = ERASAC(
+        ERASACPolicy, "Pendulum-v1", buffer_size=1000, learning_starts=50, batch_size=16,
+        policy_kwargs=dict(net_arch=TINY_NET), seed=0,
+    )  # fmt: skip
+    folder = tmp_path / CHECKPOINT_FOLDER
+    folder.mkdir()
+    stale = folder / "replay_buffer.pkl"  # what earlier versions wrote
+    stale.write_bytes(b"stale")
+    model.learn(
+        120, callback=ResumeCheckpointCallback(100, str(tmp_path), "Pendulum-v1", total_timesteps=120)
+    )
+    assert sorted(path.name for path in folder.iterdir()) == [
+        "model.zip",
+        "replay_buffer.pkl.gz",
+        "state.json",
+    ]
+    assert read_checkpoint_state(tmp_path) == {"num_timesteps": 120, "total_timesteps": 120, "finished": True}
+
+    loaded = ERASAC.load(folder / "model.zip")
+    with (
+        gzip.open(folder / "replay_buffer.pkl.gz", "rb") as decompressed,
+        io.BufferedReader(decompressed) as file,
+    ):
+        loaded.load_replay_buffer(file)
+    assert loaded.replay_buffer.pos == model.replay_buffer.pos == 120
+    for name in ("observations", "actions", "rewards", "next_observations", "dones", "timeouts"):
+        np.testing.assert_array_equal(getattr(loaded.replay_buffer, name), getattr(model.replay_buffer, name))

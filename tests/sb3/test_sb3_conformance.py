@@ -160,16 +160,15 @@ def test_on_policy_batch_floor_is_refused_with_the_reason(algo):
         algo("MlpPolicy", ReachTargetEnv(), floor="batch")
 
 
-@pytest.mark.parametrize("action_distribution", ["truncated", "tanh"])
-def test_on_policy_learned_delta_gets_the_compensation_gradient(action_distribution):
+@pytest.mark.parametrize(
+    "knobs",
+    [dict(), dict(action_distribution="tanh"), dict(state_dependent_std=True)],
+    ids=["truncated", "tanh", "state_dependent_std"],
+)
+def test_on_policy_learned_delta_gets_the_compensation_gradient(knobs):
     env = ReachTargetEnv()
     policy = ERAActorCriticPolicy(
-        env.observation_space,
-        env.action_space,
-        lambda _: 1e-2,
-        net_arch=TINY_NET,
-        learn_delta=True,
-        action_distribution=action_distribution,
+        env.observation_space, env.action_space, lambda _: 1e-2, net_arch=TINY_NET, learn_delta=True, **knobs
     )
     states = th.rand(256, 4) * 2 - 1
     actions = th.as_tensor(np.stack([env.action_space.sample() for _ in range(256)]) * 0.5)

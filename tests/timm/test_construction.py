@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import timm
 import torch
-from conftest import entropy
 from timm.models import save_for_hf
+from timm_era_cases import entropy
 
 import timm_era
 from timm_era import train

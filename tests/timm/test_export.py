@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import timm
 import torch
-from conftest import ARCHITECTURES
 from timm.optim import create_optimizer_v2
 from timm.utils import ModelEmaV3
+from timm_era_cases import ARCHITECTURES
 
 
 @pytest.mark.parametrize(

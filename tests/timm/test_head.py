@@ -5,11 +5,12 @@ from __future__ import annotations
 import copy
 import math
 import pickle
+import re
 
 import pytest
 import timm
 import torch
-from conftest import ARCHITECTURES, entropy
+from timm_era_cases import ARCHITECTURES, entropy
 from torch import nn
 
 import timm_era
@@ -80,9 +81,14 @@ def test_infeasible_min_entropy_raises_with_the_interval(num_classes, min_entrop
 
 
 def test_one_class_head_is_refused_with_the_reason() -> None:
-    with pytest.raises(ValueError, match="at least 2 classes"):
+    message = re.escape(
+        "ERA needs a softmax over at least 2 classes, got num_classes=1: a 1-class softmax is constant (entropy 0), "
+        "so no floor can hold. Use the plain model for a single logit (e.g. sigmoid/BCE), or num_classes=0 for "
+        "features."
+    )
+    with pytest.raises(ValueError, match=f"^{message}$"):
         timm.create_model("resnet10t_era", num_classes=1)
-    with pytest.raises(ValueError, match="at least 2 classes"):
+    with pytest.raises(ValueError, match=f"^{message}$"):
         timm_era.apply_era(timm.create_model("resnet10t", num_classes=1))
 
 
@@ -161,11 +167,23 @@ def test_apply_and_remove_era_round_trip(images) -> None:
         timm_era.remove_era(model)
 
 
+class _HeadWithoutReset(nn.Module):
+    """A timm-like head with ``num_classes`` and ``forward_head(x, pre_logits)`` but no ``reset_classifier``."""
+
+    num_classes = 10
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return x
+
+
 def test_apply_era_rejects_modules_without_a_classifier() -> None:
-    with pytest.raises(TypeError, match="timm classifier"):
+    message = r"^apply_era needs a timm classifier \(num_classes, forward_head, reset_classifier\); got {}$"
+    with pytest.raises(TypeError, match=message.format("Linear")):
         timm_era.apply_era(nn.Linear(4, 10))
-    with pytest.raises(TypeError, match="timm classifier"):
+    with pytest.raises(TypeError, match=message.format("FeatureListNet")):
         timm_era.apply_era(timm.create_model("resnet10t", features_only=True))
+    with pytest.raises(TypeError, match=message.format("_HeadWithoutReset")):
+        timm_era.apply_era(_HeadWithoutReset())
 
 
 def test_era_models_pickle_and_deepcopy(images) -> None:
@@ -204,3 +222,139 @@ def test_forward_goes_through_the_era_head(arch) -> None:
         plain = timm_era.remove_era(copy.deepcopy(model))(images)
     torch.testing.assert_close(logits, model.era(plain))
     assert entropy(logits).min().item() >= 0.6
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(tau=5.0), "era_construction='mixture' takes neither"),
+        (dict(inverse="newton"), "era_construction='mixture' takes neither"),
+    ],
+)
+def test_mixture_head_refuses_the_paper_maps_settings(kwargs, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        timm_era.build_era_head(10, 0.6, construction="mixture", **kwargs)
+    assert timm_era.build_era_head(10, 0.6, construction="mixture").construction == "mixture"
+    with pytest.raises(
+        ValueError, match=r"era_construction must be one of \('paper', 'mixture', 'calibrated'\)"
+    ):
+        timm_era.build_era_head(10, 0.6, construction="exact")
+
+
+def test_reset_classifier_keeps_the_construction_and_passes_timms_arguments(images) -> None:
+    model = timm.create_model("resnet10t_era", num_classes=10, min_entropy=1.0)
+    timm_era.apply_era(model, min_entropy=1.0, tau=6.0, inverse="newton", construction="calibrated")
+    model.reset_classifier(5, "max")
+    assert (model.era.tau, model.era.inverse, model.era.construction) == (6.0, "newton", "calibrated")
+    assert model.global_pool.pool_type == "max"
+    model.reset_classifier(5, global_pool="avg")
+    assert model.global_pool.pool_type == "avg"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "recorded"),
+    [
+        (dict(), dict(min_entropy=0.8)),
+        (dict(tau=6.0, inverse="newton"), dict(min_entropy=0.8, era_tau=6.0, era_inverse="newton")),
+        (dict(construction="mixture"), dict(min_entropy=0.8, era_construction="mixture")),
+    ],
+)
+def test_model_args_record_the_era_settings_that_differ_from_the_defaults(kwargs, recorded) -> None:
+    # timm's save_for_hf exports _model_args: the ERA settings must be there to rebuild the same head.
+    model = timm.create_model("resnet10t", num_classes=10)
+    timm_era.apply_era(model, min_entropy=0.8, **kwargs)
+    assert {k: v for k, v in model._model_args.items() if k not in ("num_classes",)} == recorded
+    assert model.default_cfg["architecture"] == model.pretrained_cfg["architecture"] == "resnet10t_era"
+
+
+def test_apply_and_remove_era_on_a_model_built_without_timms_factory(images) -> None:
+    # A classifier instantiated directly has neither pretrained_cfg nor _model_args.
+    model = timm.models.resnet.ResNet(timm.models.resnet.BasicBlock, [1, 1, 1, 1], num_classes=10).eval()
+    timm_era.apply_era(model, min_entropy=0.8)
+    assert model._model_args == {"min_entropy": 0.8} and not hasattr(model, "pretrained_cfg")
+    timm_era.remove_era(model)
+    assert type(model) is timm.models.ResNet and model._model_args == {}
+    with pytest.raises(ValueError, match=r"^ResNet has no ERA head to remove"):
+        timm_era.remove_era(model)
+
+
+def _new_resnet_class() -> type[timm.models.ResNet]:
+    """A ResNet subclass made afresh on every call, so that ``era_class`` builds its ERA class (it caches per class):
+    its ``forward_head`` has a default, a keyword-only default, annotations and a closure (``super()``)."""
+
+    class FreshResNet(timm.models.ResNet):
+        def forward_head(
+            self, x: torch.Tensor, pre_logits: bool = False, *, scale: float = 2.0
+        ) -> torch.Tensor:
+            return super().forward_head(x, pre_logits) * scale
+
+    return FreshResNet
+
+
+def test_era_class_builds_a_new_class_around_its_plain_head(images) -> None:
+    plain_class = _new_resnet_class()
+    cls = timm_era.era_class(plain_class)
+    assert cls.__name__ == cls.__qualname__ == "FreshResNetERA" and cls.__module__ == "timm_era.head"
+    assert cls.__doc__.startswith("FreshResNet whose ``forward_head`` ends in ERA")
+    assert cls._plain_class is plain_class and cls.__mro__[1:3] == (
+        timm_era.head.ERAClassifierMixin,
+        plain_class,
+    )
+    assert timm_era.era_class(plain_class) is cls and timm_era.era_class(cls) is cls
+    # The plain head under its own name (TorchScript compiles a method under the function's __name__), with the
+    # original's defaults, keyword-only defaults, annotations and closure.
+    head = cls._plain_forward_head
+    original = plain_class.forward_head
+    assert head.__name__ == "_plain_forward_head" and head.__code__ is original.__code__
+    assert head.__qualname__ == original.__qualname__.rsplit(".", 1)[0] + "._plain_forward_head"
+    assert head.__qualname__.endswith(".<locals>.FreshResNet._plain_forward_head")
+    assert head.__defaults__ == (False,) and head.__kwdefaults__ == {"scale": 2.0}
+    assert head.__annotations__ == original.__annotations__
+    assert head.__annotations__ is not original.__annotations__
+
+    model = plain_class(timm.models.resnet.BasicBlock, [1, 1, 1, 1], num_classes=10).eval()
+    features = model.forward_features(images)
+    plain_logits = model.forward_head(features)
+    timm_era.apply_era(model, min_entropy=0.8)
+    assert type(model) is cls
+    torch.testing.assert_close(model._plain_forward_head(features), plain_logits)
+    torch.testing.assert_close(model.forward_head(features), model.era(plain_logits))
+    torch.testing.assert_close(model.forward_head(features, pre_logits=True), 2.0 * features.mean((2, 3)))
+
+
+def test_era_class_refuses_classes_without_a_timm_classifier_head() -> None:
+    message = (
+        r"^{} has no timm classifier head \(forward_head\(x, pre_logits\)\); ERA needs one\. Feature extractors "
+        r"\(features_only=True\) and encoders without a classifier cannot take ERA\.$"
+    )
+
+    class NoHead(nn.Module):
+        pass
+
+    class HeadWithoutPreLogits(nn.Module):
+        def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+            return x
+
+    for plain_class in (NoHead, HeadWithoutPreLogits):
+        with pytest.raises(TypeError, match=message.format(plain_class.__name__)):
+            timm_era.era_class(plain_class)
+
+
+@pytest.mark.parametrize("construction", ["mixture", "calibrated"])
+def test_the_floor_is_checked_against_the_interval_of_the_construction_in_use(construction) -> None:
+    # 10 classes: the paper's map allows (-0.06, 2.243], the tight constructions (0, ln 10 = 2.303).
+    above_the_papers = 2.25
+    assert timm_era.resolve_min_entropy(10, above_the_papers, construction=construction) == above_the_papers
+    with pytest.raises(ValueError, match="feasible interval"):
+        timm_era.resolve_min_entropy(10, above_the_papers)
+    with pytest.raises(ValueError, match="feasible interval"):
+        timm_era.resolve_min_entropy(10, 0.0, construction=construction)
+    assert timm_era.resolve_min_entropy(10, 0.0) == 0.0
+    head = timm_era.build_era_head(10, above_the_papers, construction=construction)
+    assert (head.construction, head.min_entropy) == (construction, above_the_papers)
+    with pytest.raises(ValueError, match="feasible interval"):
+        timm_era.build_era_head(10, 0.0, construction=construction)
+    model = timm_era.apply_era(
+        timm.create_model("resnet10t", num_classes=10), above_the_papers, construction=construction
+    )
+    assert (model.era.construction, model.era.min_entropy) == (construction, above_the_papers)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -196,13 +197,22 @@ def test_non_default_k_and_top_fraction_match_the_float64_reference(
     torch.testing.assert_close(era_logps.double() * mask, reference * mask, rtol=1e-5, atol=1e-5)
 
 
-def test_threshold_limits_rescaling_to_advantages_above_it(config_kwargs, prompts):
+def test_threshold_limits_rescaling_to_advantages_above_it(config_kwargs, prompts, monkeypatch):
     trainer = make_trainer(config_kwargs, prompts, era_lb=0.5, era_ub=3.0, era_adv_threshold=1.0)
     batch = fixed_batch(trainer.model.config.vocab_size)
     trl_logps, _ = plain_log_probs(trainer, batch)
+    one_pass, scored_rows = logprobs.ScaledLogProbHead.one_pass, []
+
+    def recording_one_pass(self, labels, rescalable, *args):
+        scored_rows.append(rescalable.tolist())
+        return one_pass(self, labels, rescalable, *args)
+
+    monkeypatch.setattr(logprobs.ScaledLogProbHead, "one_pass", recording_one_pass)
     era_logps, _, _ = loss_log_probs(trainer, batch)
     rescaled = (era_logps != trl_logps).any(dim=-1)
     assert rescaled.tolist() == (batch["advantages"] > 1.0).tolist()
+    # Only those rows are scored at the ERA factors too (the others could only ever get factor 1).
+    assert scored_rows == [(batch["advantages"] > 1.0).tolist()]
 
 
 @pytest.mark.parametrize(
@@ -301,11 +311,15 @@ def test_lora_adapter_trains(config_kwargs, prompts):
 
 
 def test_requires_an_era_config(config_kwargs, prompts):
-    with pytest.raises(TypeError, match="args must be an ERAGRPOConfig"):
+    message = "args must be an ERAGRPOConfig (it holds the era_* options), got GRPOConfig"
+    with pytest.raises(TypeError, match=f"^{re.escape(message)}$"):
         ERAGRPOTrainer(model=build_model(), reward_funcs=count_reward, args=GRPOConfig(**config_kwargs))
 
 
-def test_moe_auxiliary_loss_is_trls(config_kwargs, prompts):
+@pytest.mark.parametrize("output_router_logits", [True, False])
+def test_moe_auxiliary_loss_and_model_inputs_are_trls(config_kwargs, prompts, output_router_logits):
+    """TRL asks a MoE model for its router logits also when its config does not (``output_router_logits=False``);
+    the loss's forward gets the same inputs from ERA as from TRL (labels ``-100`` outside the completions)."""
     from transformers import Qwen2MoeConfig, Qwen2MoeForCausalLM
 
     def moe_model():
@@ -321,7 +335,7 @@ def test_moe_auxiliary_loss_is_trls(config_kwargs, prompts):
             num_hidden_layers=2,
             num_attention_heads=4,
             num_key_value_heads=2,
-            output_router_logits=True,
+            output_router_logits=output_router_logits,
             router_aux_loss_coef=0.01,
             pad_token_id=0,
             eos_token_id=1,
@@ -329,12 +343,155 @@ def test_moe_auxiliary_loss_is_trls(config_kwargs, prompts):
         return Qwen2MoeForCausalLM(config)
 
     batch = fixed_batch(VOCAB_SIZE)
-    losses = []
+    losses, model_inputs = [], {False: [], True: []}
     for era in (False, True):
         trainer = make_trainer(
             config_kwargs, prompts, era=era, model=moe_model(), **NO_RESCALING if era else {}
         )
         assert trainer.aux_loss_enabled
+        hook = trainer.model.register_forward_pre_hook(
+            lambda module, args, kwargs, era=era: model_inputs[era].append(kwargs), with_kwargs=True
+        )
         losses.append(trainer._compute_loss(trainer.model, batch))
+        hook.remove()
         assert trainer._metrics["train"]["aux_loss"][0] > 0
     assert torch.equal(losses[0], losses[1])
+    # ERA's loss runs as the wrapped model's forward (one call without inputs), which then calls the model itself.
+    (trl_inputs,), (era_inputs,) = (
+        [kwargs for kwargs in model_inputs[era] if kwargs] for era in (False, True)
+    )
+    assert trl_inputs.keys() == era_inputs.keys() >= {"labels", "output_router_logits"}
+    for name, value in trl_inputs.items():
+        assert (
+            torch.equal(era_inputs[name], value) if torch.is_tensor(value) else era_inputs[name] == value
+        ), name
+
+
+def test_default_config_is_named_after_the_model(tmp_path, model_dir, prompts, monkeypatch):
+    """Without ``args``, an ERAGRPOConfig with the ERA defaults, its output directory named after the model (its
+    last path component), as GRPOTrainer does; for a model given as a path and as a loaded model."""
+    from transformers import AutoModelForCausalLM
+
+    from trl_era import era_grpo_trainer
+
+    class CPUConfig(ERAGRPOConfig):
+        """The default config, on the CPU (its default bf16 needs a GPU)."""
+
+        def __init__(self, output_dir):
+            super().__init__(output_dir, use_cpu=True, bf16=False, report_to="none")
+
+    monkeypatch.setattr(era_grpo_trainer, "ERAGRPOConfig", CPUConfig)
+    monkeypatch.chdir(tmp_path)
+    expected = f"{model_dir.rstrip('/').split('/')[-1]}-ERA-GRPO"
+    assert "/" in model_dir.rstrip("/") and not expected.startswith("-")
+    for model in (model_dir, AutoModelForCausalLM.from_pretrained(model_dir)):
+        trainer = ERAGRPOTrainer(model=model, reward_funcs=count_reward, train_dataset=prompts)
+        assert type(trainer.args) is CPUConfig and trainer.args.output_dir == expected
+        assert (trainer.args.era_lb, trainer.args.era_ub, trainer.args.era_k) == (0.45, 3.0, 2.0)
+
+
+def test_a_generation_time_pass_after_the_loss_is_trls(config_kwargs, prompts, monkeypatch):
+    """Log-prob passes outside the loss (the "old" and reference policies) get TRL's log-probs, also after a loss
+    that raised."""
+    batch = fixed_batch(VOCAB_SIZE)
+    trl_trainer = make_trainer(config_kwargs, prompts, era=False)
+    trainer = make_trainer(config_kwargs, prompts, era_ub=3.0)
+    with torch.no_grad():
+        expected, _ = plain_log_probs(trl_trainer, batch)
+        trainer._compute_loss(trainer.model, batch)
+        assert torch.equal(plain_log_probs(trainer, batch)[0], expected)
+
+        def failing_loss(self, model, inputs):
+            raise RuntimeError("loss failed")
+
+        monkeypatch.setattr(GRPOTrainer, "_compute_loss", failing_loss)
+        with pytest.raises(RuntimeError, match="loss failed"):
+            trainer._compute_loss(trainer.model, batch)
+        assert torch.equal(plain_log_probs(trainer, batch)[0], expected)
+
+
+class HeadWithoutOutFeatures(torch.nn.Module):
+    """An LM head that holds the weight of a linear layer but no ``out_features`` attribute."""
+
+    def __init__(self, linear: torch.nn.Linear):
+        super().__init__()
+        self.weight, self.bias = linear.weight, linear.bias
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.linear(hidden, self.weight, self.bias)
+
+
+@pytest.mark.parametrize("head", ["config-says-more", "no-out-features"])
+def test_the_entropy_bound_is_the_lm_heads_vocabulary(config_kwargs, prompts, monkeypatch, head):
+    """log V is taken over the LM head's outputs (294 here), not a larger ``config.vocab_size``; the config's count
+    is read only for a head without ``out_features``. ``era_ub = 5.7`` lies between log 294 = 5.68 and log 320, so
+    no response can be flattened: nothing is scored at the ERA factors."""
+    model = build_model()
+    if head == "config-says-more":
+        model.config.vocab_size = 320
+    else:
+        model.lm_head = HeadWithoutOutFeatures(model.lm_head)
+    trainer = make_trainer(config_kwargs, prompts, model=model, era_lb=0.0, era_ub=5.7)
+    calls = []
+    original = logprobs._TwoTemperatureLogProbs.apply
+    monkeypatch.setattr(
+        logprobs._TwoTemperatureLogProbs, "apply", lambda *args: calls.append(args[5]) or original(*args)
+    )
+    batch = fixed_batch(VOCAB_SIZE)
+    trl_logps, _ = plain_log_probs(trainer, batch)
+    era_logps, _, _ = loss_log_probs(trainer, batch)
+    assert calls == [] and torch.equal(era_logps, trl_logps)
+
+
+def test_entropies_rounded_past_log_v_are_not_flattened(config_kwargs, prompts):
+    """A near-uniform policy's float32 entropies can round above log V; with ``era_ub = log V`` (which no entropy
+    can exceed: nothing is scored at the flattening factor) they are clamped to log V, not flattened."""
+    model = build_model()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(1e-4)
+    log_v = torch.tensor(math.log(VOCAB_SIZE), dtype=torch.float32)
+    trainer = make_trainer(config_kwargs, prompts, model=model, era_lb=0.0, era_ub=float(log_v))
+    batch = fixed_batch(VOCAB_SIZE)
+    trl_logps, trl_entropies = plain_log_probs(trainer, batch)
+    assert (top_entropy_mean(trl_entropies, batch["completion_mask"]) > log_v).any()
+    era_logps, _, _ = loss_log_probs(trainer, batch)
+    assert torch.equal(era_logps, trl_logps)
+    assert trainer._metrics["train"]["era/frac_flattened"] == [0.0]
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_era_metrics_count_the_non_empty_responses(config_kwargs, prompts, mode):
+    """Entropies exactly at a bound count as inside it; empty responses count nowhere; the metrics go to the
+    trainer's current mode."""
+    trainer = make_trainer(config_kwargs, prompts, era_lb=0.5, era_ub=3.0)
+    trainer.model.train(mode == "train")
+    h_resp = torch.tensor([0.25, 0.5, 1.0, 3.0, 4.0, 0.0])
+    factors = torch.tensor([2.0, 1.0, 1.0, 1.0, 0.5, 1.0])
+    non_empty = torch.tensor([True, True, True, True, True, False])
+    trainer._log_era_metrics(h_resp, factors, non_empty)
+    # One non-empty response: its entropy is the mean.
+    trainer._log_era_metrics(torch.tensor([2.0, 0.0]), torch.ones(2), torch.tensor([True, False]))
+    logged = {name: trainer._metrics[mode][name] for name in ERA_METRICS}
+    assert logged == {
+        "era/top_entropy_mean": pytest.approx([8.75 / 5, 2.0]),
+        "era/frac_below_lb": pytest.approx([0.2, 0.0]),
+        "era/frac_above_ub": pytest.approx([0.2, 0.0]),
+        "era/frac_sharpened": pytest.approx([0.2, 0.0]),
+        "era/frac_flattened": pytest.approx([0.2, 0.0]),
+    }
+    other = "eval" if mode == "train" else "train"
+    assert not any(name in trainer._metrics[other] for name in ERA_METRICS)
+
+
+def test_era_metrics_are_summed_over_processes(config_kwargs, prompts, monkeypatch):
+    """Counted over every process's responses: with a second process that has none (accelerate's reduce sums the
+    counts over processes, and its default "mean" divides them by the number of processes)."""
+    trainer = make_trainer(config_kwargs, prompts)
+
+    def two_processes(tensor, reduction="mean"):
+        return tensor / 2 if reduction == "mean" else tensor  # the other process's counts are zeros
+
+    monkeypatch.setattr(trainer.accelerator, "reduce", two_processes)
+    trainer._log_era_metrics(torch.tensor([2.0]), torch.tensor([0.5]), torch.tensor([True]))
+    assert trainer._metrics["train"]["era/top_entropy_mean"] == [2.0]
+    assert trainer._metrics["train"]["era/frac_flattened"] == [1.0]

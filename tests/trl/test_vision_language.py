@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from datasets import Dataset
 from transformers import (
@@ -16,6 +18,15 @@ from trl import GRPOTrainer
 
 from tests.trl.conftest import build_tokenizer, count_reward
 from trl_era import ERAGRPOConfig, ERAGRPOTrainer
+
+REFUSAL = (
+    "^"
+    + re.escape(
+        "ERAGRPOTrainer supports text-only causal language models; vision-language models (a processor as "
+        "processing_class) are not supported yet. Use GRPOTrainer for them."
+    )
+    + "$"
+)
 
 
 def _tiny_llava() -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
@@ -40,7 +51,7 @@ def _tiny_llava() -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
 
 def test_vision_language_model_with_a_processor_is_refused(config_kwargs):
     model, processor = _tiny_llava()
-    with pytest.raises(NotImplementedError, match=r"vision-language models .* are not supported yet"):
+    with pytest.raises(NotImplementedError, match=REFUSAL):
         ERAGRPOTrainer(
             model=model,
             reward_funcs=count_reward,
@@ -55,7 +66,7 @@ def test_a_given_processor_is_refused_before_grpo_trainer_builds_anything(config
     calls = []
     monkeypatch.setattr(GRPOTrainer, "__init__", lambda self, *args, **kwargs: calls.append(args))
     _, processor = _tiny_llava()
-    with pytest.raises(NotImplementedError, match=r"vision-language models .* are not supported yet"):
+    with pytest.raises(NotImplementedError, match=REFUSAL):
         ERAGRPOTrainer(
             model="any/model-id",
             reward_funcs=count_reward,
@@ -63,3 +74,18 @@ def test_a_given_processor_is_refused_before_grpo_trainer_builds_anything(config
             processing_class=processor,
         )
     assert calls == []
+
+
+def test_a_processor_that_grpo_trainer_loads_itself_is_refused(config_kwargs, tmp_path):
+    """A vision-language model given without a processing class: GRPOTrainer loads its processor from the model's
+    directory, and the refusal follows."""
+    model, processor = _tiny_llava()
+    model.save_pretrained(tmp_path / "tiny-llava")
+    processor.save_pretrained(tmp_path / "tiny-llava")
+    with pytest.raises(NotImplementedError, match=REFUSAL):
+        ERAGRPOTrainer(
+            model=str(tmp_path / "tiny-llava"),
+            reward_funcs=count_reward,
+            args=ERAGRPOConfig(**config_kwargs),
+            train_dataset=Dataset.from_dict({"prompt": ["a b c"] * 8}),
+        )
