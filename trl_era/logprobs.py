@@ -508,6 +508,14 @@ class _OnePassScoring:
         return self._scaled.view(mask.shape).masked_fill(~mask, 0)
 
 
+def _equals_any(values: torch.Tensor, numbers: tuple[float, ...]) -> torch.Tensor:
+    """Elementwise ``values`` in ``numbers``, compared with each number on the device (no copy of ``numbers``)."""
+    result = torch.zeros_like(values, dtype=torch.bool)
+    for number in numbers:
+        result |= values == number
+    return result
+
+
 class _GatheredLogits(torch.autograd.Function):
     """``logits[n, j] = hidden[n] . weight[index[n, j]] + bias[index[n, j]]`` for a few columns per token.
 
@@ -702,18 +710,20 @@ class ScaledLogProbHead:
                 hidden_states[:, -(num_scored + 1) :], labels[:, -(num_scored + 1) :], factors
             )
         rescaled = factors != 1.0
-        if not (
-            ~rescaled | torch.isin(factors, torch.tensor(self.factor_values, device=factors.device))
-        ).all():
+        # Both checks in one host sync, comparing with Python numbers (a tensor of them would be a copy to the
+        # device, each a sync on a GPU).
+        problems = [(rescaled & ~_equals_any(factors, self.factor_values)).any()]
+        if scoring is not None:
+            scored = _equals_any(factors, scoring.factors) & scoring.rescalable
+            problems.append((rescaled & ~scored).any())
+        flags = torch.stack(problems).tolist()
+        if flags[0]:
             raise ValueError(
                 f"factors must be 1 or one of {sorted(self.factor_values)}, got {factors.tolist()}"
             )
         if scoring is None:
             raise ValueError("without top-k, ERA log-probs come from a forward run inside one_pass(...)")
-        scored = (
-            torch.isin(factors, torch.tensor(scoring.factors, device=factors.device)) & scoring.rescalable
-        )
-        if (rescaled & ~scored).any():
+        if flags[1]:
             raise ValueError(
                 f"rows rescaled by {factors.tolist()}, but one_pass scored only the rows "
                 f"{scoring.rescalable.tolist()} at the factors {scoring.factors}"

@@ -4,6 +4,7 @@ Run an evidence protocol: every (arm, environment, seed) as an ``sb3-era-zoo tra
     python -m benchmarks.evidence.run ppo_mujoco --workers 2
     python -m benchmarks.evidence.run ppo_mujoco --shard 3/8      # one job of an 8-job array
     python -m benchmarks.evidence.run ppo_mujoco --list           # what is done, partial, pending
+    python -m benchmarks.evidence.run ppo_mujoco --commit-checkpoints  # so that another machine resumes
 
 Runs execute ``--workers`` at a time, one thread each (``OMP_NUM_THREADS=1``, ``--num-threads 1``), in
 ``<runs dir>/<protocol>/<arm>/<env>_s<seed>/`` (rl-zoo3's log folder of that run). A finished run is
@@ -147,6 +148,57 @@ def commit_results(folder: Path, message: str, attempts: int = 5) -> bool:
         time.sleep(2.0 * (attempt + 1))
     print(f"could not commit {folder}: {committed.stderr.strip()}", file=sys.stderr, flush=True)
     return False
+
+
+def _git(repository: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", "-C", str(repository), *args], capture_output=True, text=True, check=False)
+
+
+def commit_checkpoints(protocol: Protocol, runs: list[Run], runs_dir: Path, results_dir: Path) -> int:
+    """Commit what another machine needs to resume the unfinished runs; untrack it for the finished ones.
+
+    For every partial run, its rl-zoo3 run folder is force-added (``runs/`` is git-ignored): the checkpoint
+    (model, compressed replay buffer, normalisation statistics, ``state.json``), the evaluation and entropy
+    histories, monitor files and config; not the best model nor TensorBoard files. A finished run's files are
+    removed from the index (its results are committed apart). Run it with the training processes paused or
+    stopped, so that no file is caught mid-write. Refuses when other changes are staged.
+
+    :return: the number of partial runs whose files were committed.
+    """
+    repository = Path(_git(runs_dir, "rev-parse", "--show-toplevel").stdout.strip() or REPOSITORY)
+    if _git(repository, "diff", "--cached", "--quiet").returncode != 0:
+        raise SystemExit(
+            f"--commit-checkpoints: {repository} has staged changes; commit or unstage them first"
+        )
+    partial = []
+    for run in runs:
+        status, step = run_status(runs_dir, results_dir, run)
+        folder = zoo_run_folder(runs_dir, run)
+        if status == "partial":
+            files = [
+                path
+                for path in folder.rglob("*")
+                if path.is_file() and path.name != "best_model.zip" and not path.name.startswith(".")
+            ]
+            # The index then holds exactly the files there now (a monitor file set aside by a resume is gone).
+            _git(repository, "rm", "-r", "-q", "--cached", "--ignore-unmatch", "--", str(folder))
+            added = _git(repository, "add", "-f", "--", *map(str, files))
+            if added.returncode != 0:
+                raise SystemExit(f"could not add {folder}: {added.stderr.strip()}")
+            partial.append(f"{run.key} at {step}")
+        elif status == "done" and _git(repository, "ls-files", "--", str(folder)).stdout:
+            _git(repository, "rm", "-r", "-q", "--cached", "--", str(folder))
+    if _git(repository, "diff", "--cached", "--quiet").returncode == 0:
+        print(f"[{protocol.name}] no checkpoint to commit", flush=True)
+        return 0
+    message = (
+        f"evidence: {protocol.name} resume checkpoints of unfinished runs ({', '.join(partial) or 'none'})"
+    )
+    committed = _git(repository, "commit", "-q", "-m", message)
+    if committed.returncode != 0:
+        raise SystemExit(f"could not commit the checkpoints: {committed.stderr.strip()}")
+    print(f"[{protocol.name}] {message}", flush=True)
+    return len(partial)
 
 
 @dataclass
@@ -304,6 +356,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results-dir", type=Path, default=RESULTS, help="where finished runs' results go")
     parser.add_argument("--commit", action="store_true", help="git-commit each finished run's results")
     parser.add_argument("--list", action="store_true", help="print each run's status and exit")
+    parser.add_argument(
+        "--commit-checkpoints",
+        action="store_true",
+        help="git-commit the unfinished runs' checkpoints (another machine resumes them) and exit; "
+        "pause the runs first",
+    )
     parser.add_argument("--dry-run", action="store_true", help="print the commands and exit")
     parser.add_argument("--progress-every", type=float, default=60.0, help="seconds between progress lines")
     args = parser.parse_args(argv)
@@ -314,6 +372,9 @@ def main(argv: list[str] | None = None) -> int:
     runs_dir, results_dir = args.runs_dir.resolve(), args.results_dir.resolve()
     if args.list:
         list_runs(protocol, runs, runs_dir, results_dir)
+        return 0
+    if args.commit_checkpoints:
+        commit_checkpoints(protocol, runs, runs_dir, results_dir)
         return 0
     if args.dry_run:
         for run in runs:

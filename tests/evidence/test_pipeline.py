@@ -16,8 +16,16 @@ import yaml
 
 from benchmarks.evidence import report
 from benchmarks.evidence.protocol import REPOSITORY, load_protocol
+from benchmarks.evidence.run import (
+    commit_checkpoints,
+    parse_shard,
+    results_folder,
+    run_folder,
+    run_status,
+    shard_runs,
+    zoo_run_folder,
+)
 from benchmarks.evidence.run import main as run_main
-from benchmarks.evidence.run import parse_shard, results_folder, run_status, shard_runs, zoo_run_folder
 
 STEPS = 400
 EVAL_FREQ = 100
@@ -136,3 +144,58 @@ def test_launcher_shards_resume_and_report(tiny_protocol: Path, tmp_path: Path):
     assert 0.0 <= improvement["ci_low"] <= improvement["estimate"] <= improvement["ci_high"] <= 1.0
     for name in ("final_scores.png", "learning_curves.png", "entropy.png", "report.md", "report.json"):
         assert (tmp_path / "report" / name).is_file(), name
+
+
+def _git(repository: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", "-C", str(repository), *args], capture_output=True, text=True, check=True
+    ).stdout
+
+
+def test_commit_checkpoints_tracks_the_unfinished_runs_and_untracks_the_finished_ones(
+    tiny_protocol: Path, tmp_path: Path
+):
+    repository = tmp_path / "repository"
+    repository.mkdir()
+    _git(repository, "init", "-q")
+    _git(repository, "config", "user.email", "evidence@example.com")
+    _git(repository, "config", "user.name", "evidence")
+    (repository / ".gitignore").write_text("runs/\n")
+    _git(repository, "add", ".gitignore")
+    _git(repository, "commit", "-q", "-m", "start")
+    protocol = load_protocol(tiny_protocol)
+    runs_dir, results_dir = repository / "runs", repository / "results"
+    partial, finished = protocol.runs()[:2]
+
+    folder = zoo_run_folder(runs_dir, partial)
+    (folder / "checkpoint").mkdir(parents=True)
+    state = {"num_timesteps": 2 * EVAL_FREQ, "total_timesteps": STEPS, "finished": False}
+    (folder / "checkpoint" / "state.json").write_text(json.dumps(state))
+    kept = ["checkpoint/model.zip", "checkpoint/replay_buffer.pkl.gz", "evaluations.npz", "0.monitor.csv"]
+    for name in [*kept, "best_model.zip"]:
+        (folder / name).write_bytes(b"data")
+    (run_folder(runs_dir, partial) / "tensorboard").mkdir()
+    (run_folder(runs_dir, partial) / "tensorboard" / "events.out").write_bytes(b"data")
+    # A finished run whose checkpoint an earlier call committed.
+    finished_folder = zoo_run_folder(runs_dir, finished)
+    (finished_folder / "checkpoint").mkdir(parents=True)
+    (finished_folder / "checkpoint" / "model.zip").write_bytes(b"data")
+    _git(repository, "add", "-f", str(finished_folder))
+    _git(repository, "commit", "-q", "-m", "earlier checkpoint")
+    results_folder(results_dir, finished).mkdir(parents=True)
+    (results_folder(results_dir, finished) / "run.json").write_text("{}")
+
+    assert commit_checkpoints(protocol, protocol.runs(), runs_dir, results_dir) == 1
+    prefix = folder.relative_to(repository).as_posix()
+    expected = {".gitignore", f"{prefix}/checkpoint/state.json", *(f"{prefix}/{name}" for name in kept)}
+    assert set(_git(repository, "ls-files").split()) == expected
+    assert f"{partial.key} at {2 * EVAL_FREQ}" in _git(repository, "log", "-1", "--format=%s")
+
+    # Nothing new: no commit. Other staged changes: refused, nothing committed.
+    head = _git(repository, "rev-parse", "HEAD")
+    assert commit_checkpoints(protocol, protocol.runs(), runs_dir, results_dir) == 0
+    (repository / "notes.txt").write_text("staged")
+    _git(repository, "add", "notes.txt")
+    with pytest.raises(SystemExit, match="staged changes"):
+        commit_checkpoints(protocol, protocol.runs(), runs_dir, results_dir)
+    assert _git(repository, "rev-parse", "HEAD") == head

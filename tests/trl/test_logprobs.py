@@ -420,6 +420,28 @@ def test_without_rescalable_tokens_trls_own_function_scores(nothing_rescalable, 
         head(hidden, labels, torch.tensor([1.0, 2.0, 1.0, 1.0, 1.0, 1.0]), trl_logps, scoring)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="counts the host syncs of a CUDA device")
+def test_the_heads_factor_checks_cost_one_host_sync():
+    """Both factor checks of a call in one host sync: no factor lists copied to the device, one read of the flags."""
+    model = patched_float64_model("cuda")
+    input_ids, attention_mask, labels = make_batch(model.config.vocab_size, "cuda")
+    head = ScaledLogProbHead(model, TEMPERATURE, k=2.0)
+    factors = torch.ones(6, device="cuda")
+    with head.one_pass(labels, torch.ones(6, dtype=torch.bool, device="cuda"), ()) as scoring:
+        trl_logps, hidden = fused_pass(model, input_ids, attention_mask, labels)
+    torch.cuda.synchronize()
+    previous = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            era = head(hidden, labels, factors, trl_logps, scoring)
+    finally:
+        torch.cuda.set_sync_debug_mode(previous)
+    assert era is trl_logps
+    assert sum("synchronizing" in str(warning.message) for warning in caught) == 1
+
+
 def test_one_factor_scoring_matches_the_reference_and_refuses_the_other_factor():
     model = patched_float64_model()
     input_ids, attention_mask, labels = make_batch(model.config.vocab_size)
