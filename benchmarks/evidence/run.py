@@ -184,6 +184,7 @@ def commit_checkpoints(protocol: Protocol, runs: list[Run], runs_dir: Path, resu
             _git(repository, "rm", "-r", "-q", "--cached", "--ignore-unmatch", "--", str(folder))
             added = _git(repository, "add", "-f", "--", *map(str, files))
             if added.returncode != 0:
+                _git(repository, "reset", "-q", "--", str(runs_dir))  # leave the index as it was
                 raise SystemExit(f"could not add {folder}: {added.stderr.strip()}")
             partial.append(f"{run.key} at {step}")
         elif status == "done" and _git(repository, "ls-files", "--", str(folder)).stdout:
