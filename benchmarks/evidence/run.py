@@ -193,7 +193,9 @@ def commit_checkpoints(protocol: Protocol, runs: list[Run], runs_dir: Path, resu
         print(f"[{protocol.name}] no checkpoint to commit", flush=True)
         return 0
     message = (
-        f"evidence: {protocol.name} resume checkpoints of unfinished runs ({', '.join(partial) or 'none'})"
+        f"evidence: {protocol.name} resume checkpoints of unfinished runs ({', '.join(partial)})"
+        if partial
+        else f"evidence: {protocol.name} untrack the checkpoints of finished runs"
     )
     committed = _git(repository, "commit", "-q", "-m", message)
     if committed.returncode != 0:

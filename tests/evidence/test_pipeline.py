@@ -199,3 +199,11 @@ def test_commit_checkpoints_tracks_the_unfinished_runs_and_untracks_the_finished
     with pytest.raises(SystemExit, match="staged changes"):
         commit_checkpoints(protocol, protocol.runs(), runs_dir, results_dir)
     assert _git(repository, "rev-parse", "HEAD") == head
+
+    # Once the run finishes, its files leave the index.
+    _git(repository, "reset", "-q")
+    results_folder(results_dir, partial).mkdir(parents=True)
+    (results_folder(results_dir, partial) / "run.json").write_text("{}")
+    assert commit_checkpoints(protocol, protocol.runs(), runs_dir, results_dir) == 0
+    assert set(_git(repository, "ls-files").split()) == {".gitignore"}
+    assert "untrack the checkpoints of finished runs" in _git(repository, "log", "-1", "--format=%s")
