@@ -7,6 +7,9 @@ PPO update) and their self CPU time, with the top ops. Op counts do
 not depend on the load of the machine, which makes them the stable half of ``sb3_throughput.py``'s story::
 
     python benchmarks/sb3_op_counts.py --env HalfCheetah-v5 --gradient-steps 20 --ppo-steps 256
+
+``--formulas torch`` counts the truncated normal's torch formulas, which accelerators run, on the CPU (where
+NumPy and SciPy run them otherwise; see ``truncated_normal_ops.py`` for the one branch that still differs).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import argparse
 import json
 from collections.abc import Callable
 from pathlib import Path
+from unittest import mock
 
 import torch as th
 from sb3_throughput import _fill_replay_buffer
@@ -23,6 +27,7 @@ from stable_baselines3.common.callbacks import CallbackList
 from stable_baselines3.common.logger import Logger
 from torch.profiler import ProfilerActivity, profile
 
+from era_core import truncated_normal
 from sb3_era import ERAPPO, ERASAC
 
 
@@ -49,9 +54,17 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--ppo-steps", type=int, default=256)
     parser.add_argument("--top", type=int, default=8)
+    parser.add_argument(
+        "--formulas",
+        choices=["auto", "torch"],
+        default="auto",
+        help="torch: the truncated normal's torch formulas, as accelerators run them (auto: NumPy/SciPy on CPUs)",
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/sb3_op_counts.json"))
     args = parser.parse_args()
     th.set_num_threads(1)
+    if args.formulas == "torch":
+        mock.patch.object(truncated_normal, "_scipy_ops", lambda: None).start()
 
     common = dict(learning_starts=0, buffer_size=2000, batch_size=args.batch_size, seed=0)
     off_policy = {

@@ -19,6 +19,10 @@ from torch.distributions.utils import broadcast_all
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 _HALF_LOG_2PI_E = 0.5 * math.log(2.0 * math.pi * math.e)
+_LOG_4PI = math.log(4.0 * math.pi)
+_SQRT_2 = math.sqrt(2.0)
+_SQRT_HALF = math.sqrt(0.5)
+_SQRT_HALF_PI = math.sqrt(0.5 * math.pi)
 
 
 def _log1mexp(x: torch.Tensor) -> torch.Tensor:
@@ -45,28 +49,31 @@ def _log_normal_pdf(x: torch.Tensor) -> torch.Tensor:
 def _deep_tail_quantile(log_p: torch.Tensor, deep_tail: torch.Tensor, tiny_log: float) -> torch.Tensor:
     """``Phi^-1(exp(log_p))`` where ``deep_tail`` (``log_p < tiny_log``, below what ``ndtri`` resolves).
 
-    Asymptotic start, then Newton on ``log Phi(x) = log_p``; elsewhere the values are meaningless but finite.
+    Asymptotic start ``x = -sqrt(2 q - ln(4 pi q))`` for ``q = -log_p`` (from ``Phi(x) ~ phi(x) / -x``), then
+    Newton on ``log Phi(x) = log_p``, whose step's ``Phi(x) / phi(x)`` is ``sqrt(pi / 2) erfcx(-x / sqrt 2)``:
+    unlike ``exp(log Phi(x) - log phi(x))`` it does not cancel at large ``|x|``. One step reaches float32's
+    resolution (down to its most negative number) and two float64's (down to ``-1e308``). Elsewhere the values
+    are meaningless but finite.
     """
-    lp_tail = torch.where(deep_tail, log_p, torch.full_like(log_p, 2.0 * tiny_log))
-    t = -2.0 * lp_tail
-    x_tail = -torch.sqrt(t - torch.log(t) - math.log(2.0 * math.pi))
-    for _ in range(4):
-        log_cdf = torch.special.log_ndtr(x_tail)
-        x_tail = x_tail - (log_cdf - lp_tail) * torch.exp(log_cdf - _log_normal_pdf(x_tail))
-    return x_tail
+    q = torch.where(deep_tail, -log_p, -2.0 * tiny_log)
+    x = -_SQRT_2 * torch.sqrt(torch.sub(q, torch.log(q) + _LOG_4PI, alpha=0.5))
+    for _ in range(2 if log_p.dtype == torch.float64 else 1):
+        residual = torch.special.log_ndtr(x) + q
+        x = torch.addcmul(x, residual, torch.special.erfcx(-_SQRT_HALF * x), value=-_SQRT_HALF_PI)
+    return x
 
 
 def ndtri_exp(log_p: torch.Tensor) -> torch.Tensor:
-    """Standard normal quantile of ``exp(log_p)``, finite for every ``log_p < 0`` (differentiable).
+    """Standard normal quantile of ``exp(log_p)``, finite for every finite ``log_p < 0`` (differentiable).
 
-    :param log_p: log-probabilities, ``< 0``.
+    :param log_p: log-probabilities, ``< 0`` (float64: ``>= -1e308``).
     :return: ``Phi^-1(exp(log_p))``, same shape.
     """
     tiny_log = math.log(torch.finfo(log_p.dtype).tiny) + 1.0
     upper_half = log_p > -math.log(2.0)
     deep_tail = log_p < tiny_log
     # Upper half: Phi^-1(p) = -Phi^-1(1 - p), with 1 - p = -expm1(log_p) kept exact; one ndtri for both.
-    safe = torch.where(deep_tail, torch.full_like(log_p, -1.0), log_p)
+    safe = torch.where(deep_tail, -1.0, log_p)
     z = torch.special.ndtri(torch.where(upper_half, -torch.expm1(safe), torch.exp(safe)))
     x = torch.where(upper_half, -z, z)
     # Deep lower tail (p below the dtype's smallest normal; only for locations far outside the support). On a
