@@ -46,21 +46,49 @@ def _log_normal_pdf(x: torch.Tensor) -> torch.Tensor:
     return -0.5 * x * x - _HALF_LOG_2PI
 
 
-def _deep_tail_quantile(log_p: torch.Tensor, deep_tail: torch.Tensor, tiny_log: float) -> torch.Tensor:
-    """``Phi^-1(exp(log_p))`` where ``deep_tail`` (``log_p < tiny_log``, below what ``ndtri`` resolves).
+def _newton_deep_tail_quantile(log_p: torch.Tensor) -> torch.Tensor:
+    """``Phi^-1(exp(log_p))`` for ``log_p`` below what ``ndtri`` resolves, without a graph.
 
     Asymptotic start ``x = -sqrt(2 q - ln(4 pi q))`` for ``q = -log_p`` (from ``Phi(x) ~ phi(x) / -x``), then
     Newton on ``log Phi(x) = log_p``, whose step's ``Phi(x) / phi(x)`` is ``sqrt(pi / 2) erfcx(-x / sqrt 2)``:
     unlike ``exp(log Phi(x) - log phi(x))`` it does not cancel at large ``|x|``. One step reaches float32's
-    resolution (down to its most negative number) and two float64's (down to ``-1e308``). Elsewhere the values
-    are meaningless but finite.
+    resolution (down to its most negative number) and two float64's (down to ``-1e308``).
     """
-    q = torch.where(deep_tail, -log_p, -2.0 * tiny_log)
-    x = -_SQRT_2 * torch.sqrt(torch.sub(q, torch.log(q) + _LOG_4PI, alpha=0.5))
-    for _ in range(2 if log_p.dtype == torch.float64 else 1):
-        residual = torch.special.log_ndtr(x) + q
-        x = torch.addcmul(x, residual, torch.special.erfcx(-_SQRT_HALF * x), value=-_SQRT_HALF_PI)
-    return x
+    with torch.no_grad():
+        q = -log_p
+        x = -_SQRT_2 * torch.sqrt(torch.sub(q, torch.log(q) + _LOG_4PI, alpha=0.5))
+        for _ in range(2 if log_p.dtype == torch.float64 else 1):
+            residual = torch.special.log_ndtr(x) + q
+            x = torch.addcmul(x, residual, torch.special.erfcx(-_SQRT_HALF * x), value=-_SQRT_HALF_PI)
+        return x
+
+
+class _DeepTailQuantile(torch.autograd.Function):
+    """:func:`_newton_deep_tail_quantile` with the quantile's own derivative, ``dx/d log_p = Phi(x) / phi(x) =
+    sqrt(pi / 2) erfcx(-x / sqrt 2)``. Autograd through the Newton step would take ``log_ndtr``'s backward, which
+    loses all precision at large ``|x|`` (the exponential of a difference of two numbers near ``x^2 / 2``). The
+    backward is written in torch ops on the saved quantile, so it differentiates again.
+    """
+
+    @staticmethod
+    def forward(ctx, log_p: torch.Tensor) -> torch.Tensor:
+        x = _newton_deep_tail_quantile(log_p)
+        ctx.save_for_backward(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad_x: torch.Tensor) -> torch.Tensor:
+        (x,) = ctx.saved_tensors
+        return grad_x * (_SQRT_HALF_PI * torch.special.erfcx(-_SQRT_HALF * x))
+
+
+def _deep_tail_quantile(log_p: torch.Tensor, deep_tail: torch.Tensor, tiny_log: float) -> torch.Tensor:
+    """``Phi^-1(exp(log_p))`` where ``deep_tail`` (``log_p < tiny_log``, below what ``ndtri`` resolves); elsewhere
+    the values are meaningless but finite, and so is their gradient."""
+    lp_tail = torch.where(deep_tail, log_p, 2.0 * tiny_log)
+    if torch.is_grad_enabled() and lp_tail.requires_grad:
+        return _DeepTailQuantile.apply(lp_tail)
+    return _newton_deep_tail_quantile(lp_tail)
 
 
 def ndtri_exp(log_p: torch.Tensor) -> torch.Tensor:

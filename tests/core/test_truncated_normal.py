@@ -225,6 +225,30 @@ def test_ndtri_exp_is_within_two_ulps_through_the_whole_deep_tail(dtype: torch.d
     )
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_ndtri_exp_gradient_is_the_quantiles_own_on_both_sides_of_the_deep_tail(dtype: torch.dtype) -> None:
+    # dx/d log_p = Phi(x) / phi(x) = sqrt(pi / 2) erfcx(-x / sqrt 2). Autograd through the deep tail's Newton
+    # step would take log_ndtr's backward, wrong by orders of magnitude from log_p ~ -1e6 (float32) / -1e15
+    # (float64) on. Under anomaly detection (a user's debugging aid), which raises on a NaN in any backward:
+    # the entries each branch discards must keep a finite gradient too.
+    from scipy import special
+
+    tiny_log = math.log(torch.finfo(dtype).tiny) + 1.0
+    levels = [2.0 * tiny_log, tiny_log - 1.0, -1e6, -1e12, -5.0, -0.1, -1e-3]
+    log_p = torch.tensor(levels, dtype=dtype, requires_grad=True)
+    with torch.autograd.detect_anomaly():
+        (grad,) = torch.autograd.grad(ndtri_exp(log_p).sum(), log_p)
+    quantile = special.ndtri_exp(np.array(levels))
+    expected = torch.tensor(math.sqrt(math.pi / 2) * special.erfcx(-quantile / math.sqrt(2)))
+    # float32: the slope's relative error is about |x| times the quantile's (one ulp).
+    torch.testing.assert_close(
+        grad.double(), expected, rtol=3e-5 if dtype == torch.float32 else 1e-9, atol=0.0
+    )
+    if dtype == torch.float64:
+        assert torch.autograd.gradcheck(ndtri_exp, (log_p.detach().requires_grad_(),))
+        assert torch.autograd.gradgradcheck(ndtri_exp, (log_p.detach().requires_grad_(),))
+
+
 def _rsample_and_reference(
     loc: torch.Tensor, scale: torch.Tensor, seed: int, shape=(64,), low=-1.0, high=1.0
 ):
