@@ -47,20 +47,20 @@ def _log_normal_pdf(x: torch.Tensor) -> torch.Tensor:
 
 
 def _newton_deep_tail_quantile(log_p: torch.Tensor) -> torch.Tensor:
-    """``Phi^-1(exp(log_p))`` for ``log_p`` below what ``ndtri`` resolves, without a graph.
+    """``Phi^-1(exp(log_p))`` for ``log_p`` below what ``ndtri`` resolves (for inputs without gradient: see
+    :class:`_DeepTailQuantile` for its derivative).
 
     Asymptotic start ``x = -sqrt(2 q - ln(4 pi q))`` for ``q = -log_p`` (from ``Phi(x) ~ phi(x) / -x``), then
     Newton on ``log Phi(x) = log_p``, whose step's ``Phi(x) / phi(x)`` is ``sqrt(pi / 2) erfcx(-x / sqrt 2)``:
     unlike ``exp(log Phi(x) - log phi(x))`` it does not cancel at large ``|x|``. One step reaches float32's
     resolution (down to its most negative number) and two float64's (down to ``-1e308``).
     """
-    with torch.no_grad():
-        q = -log_p
-        x = -_SQRT_2 * torch.sqrt(torch.sub(q, torch.log(q) + _LOG_4PI, alpha=0.5))
-        for _ in range(2 if log_p.dtype == torch.float64 else 1):
-            residual = torch.special.log_ndtr(x) + q
-            x = torch.addcmul(x, residual, torch.special.erfcx(-_SQRT_HALF * x), value=-_SQRT_HALF_PI)
-        return x
+    q = -log_p
+    x = -_SQRT_2 * torch.sqrt(torch.sub(q, torch.log(q) + _LOG_4PI, alpha=0.5))
+    for _ in range(2 if log_p.dtype == torch.float64 else 1):
+        residual = torch.special.log_ndtr(x) + q
+        x = torch.addcmul(x, residual, torch.special.erfcx(-_SQRT_HALF * x), value=-_SQRT_HALF_PI)
+    return x
 
 
 class _DeepTailQuantile(torch.autograd.Function):
@@ -92,9 +92,10 @@ def _deep_tail_quantile(log_p: torch.Tensor, deep_tail: torch.Tensor, tiny_log: 
 
 
 def ndtri_exp(log_p: torch.Tensor) -> torch.Tensor:
-    """Standard normal quantile of ``exp(log_p)``, finite for every finite ``log_p < 0`` (differentiable).
+    """Standard normal quantile of ``exp(log_p)`` (differentiable).
 
-    :param log_p: log-probabilities, ``< 0`` (float64: ``>= -1e308``).
+    :param log_p: log-probabilities, ``< 0``; the quantile is finite down to float32's most negative number and,
+        in float64, down to ``-1e308``.
     :return: ``Phi^-1(exp(log_p))``, same shape.
     """
     tiny_log = math.log(torch.finfo(log_p.dtype).tiny) + 1.0
