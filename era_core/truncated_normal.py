@@ -67,14 +67,17 @@ class _DeepTailQuantile(torch.autograd.Function):
     """:func:`_newton_deep_tail_quantile` with the quantile's own derivative, ``dx/d log_p = Phi(x) / phi(x) =
     sqrt(pi / 2) erfcx(-x / sqrt 2)``. Autograd through the Newton step would take ``log_ndtr``'s backward, which
     loses all precision at large ``|x|`` (the exponential of a difference of two numbers near ``x^2 / 2``). The
-    backward is written in torch ops on the saved quantile, so it differentiates again.
+    backward is written in torch ops on the saved quantile, so it differentiates again; ``setup_context`` lets
+    ``torch.func.grad`` run it too.
     """
 
     @staticmethod
-    def forward(ctx, log_p: torch.Tensor) -> torch.Tensor:
-        x = _newton_deep_tail_quantile(log_p)
-        ctx.save_for_backward(x)
-        return x
+    def forward(log_p: torch.Tensor) -> torch.Tensor:
+        return _newton_deep_tail_quantile(log_p)
+
+    @staticmethod
+    def setup_context(ctx, inputs: tuple[torch.Tensor], output: torch.Tensor) -> None:
+        ctx.save_for_backward(output)
 
     @staticmethod
     def backward(ctx, grad_x: torch.Tensor) -> torch.Tensor:

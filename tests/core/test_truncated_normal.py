@@ -244,6 +244,9 @@ def test_ndtri_exp_gradient_is_the_quantiles_own_on_both_sides_of_the_deep_tail(
     torch.testing.assert_close(
         grad.double(), expected, rtol=3e-5 if dtype == torch.float32 else 1e-9, atol=0.0
     )
+    # torch.func.grad takes the same derivative.
+    func_grad = torch.func.grad(lambda levels: ndtri_exp(levels).sum())(log_p.detach())
+    torch.testing.assert_close(func_grad, grad)
     if dtype == torch.float64:
         assert torch.autograd.gradcheck(ndtri_exp, (log_p.detach().requires_grad_(),))
         assert torch.autograd.gradgradcheck(ndtri_exp, (log_p.detach().requires_grad_(),))
