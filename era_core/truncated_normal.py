@@ -89,7 +89,7 @@ def _deep_tail_quantile(log_p: torch.Tensor, deep_tail: torch.Tensor, tiny_log: 
     """``Phi^-1(exp(log_p))`` where ``deep_tail`` (``log_p < tiny_log``, below what ``ndtri`` resolves); elsewhere
     the values are meaningless but finite, and so is their gradient."""
     lp_tail = torch.where(deep_tail, log_p, 2.0 * tiny_log)
-    if torch.is_grad_enabled() and lp_tail.requires_grad:
+    if lp_tail.requires_grad:  # False in no-grad mode too
         return _DeepTailQuantile.apply(lp_tail)
     return _newton_deep_tail_quantile(lp_tail)
 
