@@ -18,24 +18,19 @@ import argparse
 import json
 from collections.abc import Callable
 from pathlib import Path
-from unittest import mock
 
 import torch as th
 from sb3_throughput import _fill_replay_buffer
 from stable_baselines3 import PPO, SAC
 from stable_baselines3.common.callbacks import CallbackList
 from stable_baselines3.common.logger import Logger
-from torch.profiler import ProfilerActivity, profile
+from truncated_normal_ops import add_formulas_argument, aten_events, use_formulas
 
-from era_core import truncated_normal
 from sb3_era import ERAPPO, ERASAC
 
 
 def _profile(run: Callable[[], None], units: int, top: int) -> dict:
-    run()  # warm-up
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        run()
-    events = [e for e in prof.key_averages() if e.key.startswith("aten::")]
+    events = aten_events(run)
     calls = sum(e.count for e in events)
     # Self times only, so that nested ops are not counted twice.
     self_us = sum(e.self_cpu_time_total for e in events)
@@ -54,17 +49,11 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--ppo-steps", type=int, default=256)
     parser.add_argument("--top", type=int, default=8)
-    parser.add_argument(
-        "--formulas",
-        choices=["auto", "torch"],
-        default="auto",
-        help="torch: the truncated normal's torch formulas, as accelerators run them (auto: NumPy/SciPy on CPUs)",
-    )
+    add_formulas_argument(parser)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/sb3_op_counts.json"))
     args = parser.parse_args()
     th.set_num_threads(1)
-    if args.formulas == "torch":
-        mock.patch.object(truncated_normal, "_scipy_ops", lambda: None).start()
+    use_formulas(args.formulas)
 
     common = dict(learning_starts=0, buffer_size=2000, batch_size=args.batch_size, seed=0)
     off_policy = {

@@ -18,7 +18,6 @@ import argparse
 import json
 import math
 from collections.abc import Callable
-from contextlib import nullcontext
 from pathlib import Path
 from unittest import mock
 
@@ -28,11 +27,29 @@ from torch.profiler import ProfilerActivity, profile
 from era_core import TruncatedNormal, ndtri_exp, truncated_normal
 
 
-def _aten_ops(run: Callable[[], object]) -> int:
-    run()  # warm-up
+def aten_events(run: Callable[[], object]) -> list:
+    """The profiler's averages of the aten ops of one call of ``run``, after a warm-up call."""
+    run()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         run()
-    return sum(e.count for e in prof.key_averages() if e.key.startswith("aten::"))
+    return [e for e in prof.key_averages() if e.key.startswith("aten::")]
+
+
+def add_formulas_argument(parser: argparse.ArgumentParser) -> None:
+    """``--formulas auto|torch``, read by :func:`use_formulas`."""
+    parser.add_argument(
+        "--formulas",
+        choices=["auto", "torch"],
+        default="auto",
+        help="torch: era_core's truncated normal runs its torch formulas on the CPU too, as accelerators do "
+        "(auto: NumPy/SciPy there)",
+    )
+
+
+def use_formulas(formulas: str) -> None:
+    """With ``"torch"``, the truncated normal's torch formulas for the rest of the process (CLI scripts)."""
+    if formulas == "torch":
+        mock.patch.object(truncated_normal, "_scipy_ops", lambda: None).start()
 
 
 def _cases(device: torch.device, dtype: torch.dtype) -> dict[str, Callable[[], object]]:
@@ -70,19 +87,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
-    parser.add_argument(
-        "--formulas",
-        choices=["auto", "torch"],
-        default="auto",
-        help="torch: run era_core's torch formulas on the CPU too, as accelerators do (auto: NumPy/SciPy there)",
-    )
+    add_formulas_argument(parser)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/truncated_normal_ops.json"))
     args = parser.parse_args()
     torch.set_num_threads(1)
+    use_formulas(args.formulas)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
-    force_torch = mock.patch.object(truncated_normal, "_scipy_ops", lambda: None)
-    with force_torch if args.formulas == "torch" else nullcontext():
-        counts = {name: _aten_ops(run) for name, run in _cases(device, dtype).items()}
+    counts = {name: sum(e.count for e in aten_events(run)) for name, run in _cases(device, dtype).items()}
     print(f"| aten ops per call ({args.device}, {args.dtype}, formulas: {args.formulas}) | count |")
     print("| --- | --- |")
     for name, count in counts.items():
