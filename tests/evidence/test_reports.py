@@ -62,3 +62,50 @@ def test_evidence_page_reading_counts_the_reported_runs(name: str):
         assert (int(partial.group(1)), int(partial.group(2))) == (finished, planned)
     if finished < planned:
         assert f"{finished} of {planned}" in (REPOSITORY / "README.md").read_text(), f"README: {name}'s count"
+
+
+# A quoted estimate and its interval, "4412 [3374, 5006]" or "0.42 [0.33,\n0.58]" (a reading may wrap).
+QUOTED_INTERVAL = re.compile(r"(-?\d+(?:\.\d+)?) \[(-?\d+(?:\.\d+)?),\s+(-?\d+(?:\.\d+)?)\]")
+
+
+def _reported_intervals() -> list[tuple[float, float, float]]:
+    """Every (estimate, low, high) of every committed report: IQMs, means and probabilities of improvement."""
+    names = (("iqm", "ci_low", "ci_high"), ("iqm", "iqm_ci_low", "iqm_ci_high"))
+    names += (("mean", "mean_ci_low", "mean_ci_high"), ("estimate", "ci_low", "ci_high"))
+    found: list[tuple[float, float, float]] = []
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            found.extend(tuple(node[k] for k in keys) for keys in names if all(k in node for k in keys))
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    for name in COMMITTED:
+        walk(json.loads((RESULTS / name / "report" / "report.json").read_text()))
+    return found
+
+
+def _rounds_to(value: float, quoted: str) -> bool:
+    decimals = len(quoted.partition(".")[2])
+    return abs(value - float(quoted)) <= 0.5 * 10.0**-decimals + 1e-9
+
+
+def test_quoted_intervals_are_in_the_committed_reports():
+    """Every "estimate [low, high]" in the evidence readings and the README's headline is one of a committed
+    report's, as rounded there: a regenerated report whose numbers moved fails here until the text follows."""
+    reported = _reported_intervals()
+    headline = (REPOSITORY / "README.md").read_text().split("[start:headline]")[1].split("[end:headline]")[0]
+    texts = {
+        "README headline": headline,
+        "docs/evidence.md": (REPOSITORY / "docs" / "evidence.md").read_text(),
+    }
+    for where, text in texts.items():
+        quotes = QUOTED_INTERVAL.findall(text)
+        assert quotes, f"{where} quotes no interval"
+        for quote in quotes:
+            assert any(
+                all(_rounds_to(v, q) for v, q in zip(triple, quote, strict=True)) for triple in reported
+            ), f"{where}: {quote[0]} [{quote[1]}, {quote[2]}] is in no committed report"
