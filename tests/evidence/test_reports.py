@@ -94,15 +94,11 @@ def _rounds_to(value: float, quoted: str) -> bool:
 
 
 def test_quoted_intervals_are_in_the_committed_reports():
-    """Every "estimate [low, high]" in the evidence readings and the README's headline is one of a committed
-    report's, as rounded there: a regenerated report whose numbers moved fails here until the text follows."""
+    """Every "estimate [low, high]" in the evidence page and the README is one of a committed report's, as
+    rounded there: a regenerated report whose numbers moved fails here until the text follows."""
     reported = _reported_intervals()
-    headline = (REPOSITORY / "README.md").read_text().split("[start:headline]")[1].split("[end:headline]")[0]
-    texts = {
-        "README headline": headline,
-        "docs/evidence.md": (REPOSITORY / "docs" / "evidence.md").read_text(),
-    }
-    for where, text in texts.items():
+    for where in ("README.md", "docs/evidence.md"):
+        text = (REPOSITORY / where).read_text()
         quotes = QUOTED_INTERVAL.findall(text)
         assert quotes, f"{where} quotes no interval"
         for quote in quotes:
