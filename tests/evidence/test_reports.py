@@ -65,7 +65,7 @@ def test_evidence_page_reading_counts_the_reported_runs(name: str):
 
 
 # A quoted estimate and its interval, "4412 [3374, 5006]" or "0.42 [0.33,\n0.58]" (a reading may wrap).
-QUOTED_INTERVAL = re.compile(r"(-?\d+(?:\.\d+)?) \[(-?\d+(?:\.\d+)?),\s+(-?\d+(?:\.\d+)?)\]")
+QUOTED_INTERVAL = re.compile(r"(-?\d+(?:\.\d+)?)\s+\[(-?\d+(?:\.\d+)?),\s+(-?\d+(?:\.\d+)?)\]")
 
 
 def _reported_intervals() -> list[tuple[float, float, float]]:
@@ -105,3 +105,28 @@ def test_quoted_intervals_are_in_the_committed_reports():
             assert any(
                 all(_rounds_to(v, q) for v, q in zip(triple, quote, strict=True)) for triple in reported
             ), f"{where}: {quote[0]} [{quote[1]}, {quote[2]}] is in no committed report"
+
+
+# A list of numbers as a reading writes it, "3040, 4044, 4235, 4956 and 5031" (it may wrap).
+QUOTED_LIST = re.compile(r"-?\d+(?:\.\d+)?(?:,\s+-?\d+(?:\.\d+)?)+,?\s+and\s+-?\d+(?:\.\d+)?")
+
+
+def test_quoted_per_seed_scores_are_in_the_committed_reports():
+    """A list of as many numbers as a reported arm has runs is that arm's per-seed final scores, in seed order,
+    as rounded there (shorter lists, such as peaks of a few seeds, are not checked)."""
+    reported: list[list[float]] = []
+    for name in COMMITTED:
+        summary = json.loads((RESULTS / name / "report" / "report.json").read_text())
+        reported += [entry["scores"] for envs in summary["final"].values() for entry in envs.values()]
+    lengths = {len(scores) for scores in reported}
+    checked = 0
+    for where in ("README.md", "docs/evidence.md"):
+        for match in QUOTED_LIST.finditer((REPOSITORY / where).read_text()):
+            quoted = re.findall(r"-?\d+(?:\.\d+)?", match.group())
+            if len(quoted) not in lengths:
+                continue
+            checked += 1
+            assert any(
+                len(scores) == len(quoted) and all(map(_rounds_to, scores, quoted)) for scores in reported
+            ), f"{where}: {match.group()!r} are no arm's per-seed final scores"
+    assert checked, "no list of per-seed final scores was found"
