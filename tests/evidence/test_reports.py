@@ -16,6 +16,11 @@ COMMITTED = ("ppo_mujoco", "exploration", "exploration_discrete", "sac_hopper", 
 READ = ("ppo_mujoco", "exploration", "exploration_discrete", "sac_hopper")
 
 
+def _report(name: str) -> dict:
+    """The committed ``report.json`` of a protocol."""
+    return json.loads((RESULTS / name / "report" / "report.json").read_text())
+
+
 def _finished_seeds(name: str) -> dict[tuple[str, str], list[int]]:
     """(arm, env) -> the seeds whose results are committed (a finished run writes ``run.json`` last)."""
     finished: dict[tuple[str, str], list[int]] = {}
@@ -29,7 +34,7 @@ def _finished_seeds(name: str) -> dict[tuple[str, str], list[int]]:
 @pytest.mark.parametrize("name", COMMITTED)
 def test_committed_report_holds_every_committed_run(name: str):
     """Regenerate with ``python -m benchmarks.evidence.report <name>`` when this fails."""
-    summary = json.loads((RESULTS / name / "report" / "report.json").read_text())
+    summary = _report(name)
     protocol = load_protocol(name)
     for (arm, env), seeds in _finished_seeds(name).items():
         entry = summary["final"][arm][env]
@@ -64,8 +69,11 @@ def test_evidence_page_reading_counts_the_reported_runs(name: str):
         assert f"{finished} of {planned}" in (REPOSITORY / "README.md").read_text(), f"README: {name}'s count"
 
 
+# The texts that quote the reports' numbers; a number as they write it.
+QUOTING = ("README.md", "docs/evidence.md")
+NUMBER = r"-?\d+(?:\.\d+)?"
 # A quoted estimate and its interval, "4412 [3374, 5006]" or "0.42 [0.33,\n0.58]" (a reading may wrap).
-QUOTED_INTERVAL = re.compile(r"(-?\d+(?:\.\d+)?)\s+\[(-?\d+(?:\.\d+)?),\s+(-?\d+(?:\.\d+)?)\]")
+QUOTED_INTERVAL = re.compile(rf"({NUMBER})\s+\[({NUMBER}),\s+({NUMBER})\]")
 
 
 def _reported_intervals() -> list[tuple[float, float, float]]:
@@ -84,7 +92,7 @@ def _reported_intervals() -> list[tuple[float, float, float]]:
                 walk(value)
 
     for name in COMMITTED:
-        walk(json.loads((RESULTS / name / "report" / "report.json").read_text()))
+        walk(_report(name))
     return found
 
 
@@ -97,7 +105,7 @@ def test_quoted_intervals_are_in_the_committed_reports():
     """Every "estimate [low, high]" in the evidence page and the README is one of a committed report's, as
     rounded there: a regenerated report whose numbers moved fails here until the text follows."""
     reported = _reported_intervals()
-    for where in ("README.md", "docs/evidence.md"):
+    for where in QUOTING:
         text = (REPOSITORY / where).read_text()
         quotes = QUOTED_INTERVAL.findall(text)
         assert quotes, f"{where} quotes no interval"
@@ -108,21 +116,23 @@ def test_quoted_intervals_are_in_the_committed_reports():
 
 
 # A list of numbers as a reading writes it, "3040, 4044, 4235, 4956 and 5031" (it may wrap).
-QUOTED_LIST = re.compile(r"-?\d+(?:\.\d+)?(?:,\s+-?\d+(?:\.\d+)?)+,?\s+and\s+-?\d+(?:\.\d+)?")
+QUOTED_LIST = re.compile(rf"{NUMBER}(?:,\s+{NUMBER})+,?\s+and\s+{NUMBER}")
 
 
 def test_quoted_per_seed_scores_are_in_the_committed_reports():
     """A list of as many numbers as a reported arm has runs is that arm's per-seed final scores, in seed order,
     as rounded there (shorter lists, such as peaks of a few seeds, are not checked)."""
-    reported: list[list[float]] = []
-    for name in COMMITTED:
-        summary = json.loads((RESULTS / name / "report" / "report.json").read_text())
-        reported += [entry["scores"] for envs in summary["final"].values() for entry in envs.values()]
+    reported = [
+        entry["scores"]
+        for name in COMMITTED
+        for envs in _report(name)["final"].values()
+        for entry in envs.values()
+    ]
     lengths = {len(scores) for scores in reported}
     checked = 0
-    for where in ("README.md", "docs/evidence.md"):
+    for where in QUOTING:
         for match in QUOTED_LIST.finditer((REPOSITORY / where).read_text()):
-            quoted = re.findall(r"-?\d+(?:\.\d+)?", match.group())
+            quoted = re.findall(NUMBER, match.group())
             if len(quoted) not in lengths:
                 continue
             checked += 1
