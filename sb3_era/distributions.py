@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import TypeVar
 
 import numpy as np
@@ -13,7 +14,8 @@ from stable_baselines3.common.distributions import (
 )
 from torch.distributions import Normal
 
-from era_core import TruncatedNormal
+from era_core import GaussianERA, TruncatedNormal
+from sb3_era.fused_log_prob import TanhTruncatedLogProbAndEntropy, fusable, tanh_location, valid_parameters
 
 SelfTruncatedNormalDistribution = TypeVar(
     "SelfTruncatedNormalDistribution", bound="TruncatedNormalDistribution"
@@ -39,7 +41,6 @@ class TruncatedNormalDistribution(DiagGaussianDistribution):
     :param high: Upper bounds of the actions (scalar, or one per dimension in any shape).
     """
 
-    distribution: TruncatedNormal
     #: Whether :meth:`entropy` records a graph. ``ERAPPO``/``ERAA2C`` turn it off inside ``train()`` when
     #: ``ent_coef`` is 0, where the loss only multiplies the entropy by zero (it is still logged).
     entropy_needs_grad: bool = True
@@ -62,29 +63,62 @@ class TruncatedNormalDistribution(DiagGaussianDistribution):
         self.log_scale_correction = float(np.log((high_arr - low_arr) / 2.0).sum())
         # (actions, their version counter, log-probability) of the last sample drawn without gradient.
         self._sampled: tuple[th.Tensor, int, th.Tensor] | None = None
-        # The entropy computed beside the last log-probability with gradient (one pass gives both).
+        # The entropy (summed, in env units) computed beside the last log-probability with gradient.
         self._entropy: th.Tensor | None = None
+        # The parameters of the last proba_distribution, whether it ran with gradient, and whether its training
+        # pass's log_prob and entropy take the fused node.
+        self._params: tuple[th.Tensor, th.Tensor, GaussianERA | None] | None = None
+        self._grad = self._fused = False
 
     def proba_distribution(
-        self: SelfTruncatedNormalDistribution, mean_actions: th.Tensor, log_std: th.Tensor
+        self: SelfTruncatedNormalDistribution,
+        mean_actions: th.Tensor,
+        log_std: th.Tensor,
+        log_std_era: GaussianERA | None = None,
     ) -> SelfTruncatedNormalDistribution:
         """
         Create the distribution from the network's mean and log-std.
 
+        A training pass (with gradient) on the CPU defers building :attr:`distribution`: its
+        :meth:`log_prob` and :meth:`entropy` come from one autograd node on the parameters, ERA's activation
+        included (:mod:`sb3_era.fused_log_prob`), and the truncated normal is built only if something else
+        reads it. The parameters are checked here either way.
+
         :param mean_actions: Unbounded means ``mu``; the location in the unit box is ``tanh(mu)``.
-        :param log_std: Log-stds in the unit box (broadcast against ``mean_actions``).
+        :param log_std: Log-stds in the unit box (broadcast against ``mean_actions``), or with ``log_std_era``
+            their ERA pre-activations.
+        :param log_std_era: The activation to apply to ``log_std``, ``log_std_era(log_std)`` (``None``: none).
         :return: self
         """
-        edge = 1.0 - th.finfo(mean_actions.dtype).eps
-        loc = th.tanh(mean_actions).clamp(-edge, edge)
-        scale = log_std.exp().expand_as(loc)
-        if self.center.device != loc.device or self.center.dtype != loc.dtype:
-            self.center, self.half_range = self.center.to(loc), self.half_range.to(loc)
-        # A rollout (no gradient) skips the parameter checks; a training pass (with gradient) keeps them.
-        validate_args = None if th.is_grad_enabled() else False
-        self.distribution = TruncatedNormal(loc, scale, -1.0, 1.0, validate_args=validate_args)
+        if log_std_era is not None and log_std.shape[-1:] != (log_std_era.action_dim,):
+            raise ValueError(
+                f"expected ERA pre-activations of shape (..., {log_std_era.action_dim}), got {tuple(log_std.shape)}"
+            )
+        if self.center.device != mean_actions.device or self.center.dtype != mean_actions.dtype:
+            self.center, self.half_range = self.center.to(mean_actions), self.half_range.to(mean_actions)
+        self._params = (mean_actions, log_std, log_std_era)
+        self._grad = th.is_grad_enabled()
         self._sampled = self._entropy = None
+        self.__dict__.pop("distribution", None)
+        # A rollout (no gradient) skips the parameter checks; a training pass (with gradient) keeps them.
+        validate = self._grad and bool(th.distributions.Distribution._validate_args)
+        self._fused = (
+            self._grad
+            and fusable(mean_actions, log_std)
+            and (not validate or valid_parameters(mean_actions, log_std))
+        )
+        if not self._fused:
+            self.distribution  # noqa: B018 (built now, so invalid parameters raise torch's own error)
         return self
+
+    @functools.cached_property
+    def distribution(self) -> TruncatedNormal:
+        """The truncated normal on the unit box, in the graph of the pass that made the parameters."""
+        mean_actions, log_std, log_std_era = self._params
+        with th.set_grad_enabled(self._grad):
+            loc = tanh_location(mean_actions)
+            scale = (log_std if log_std_era is None else log_std_era(log_std)).exp().expand_as(loc)
+            return TruncatedNormal(loc, scale, -1.0, 1.0, validate_args=None if self._grad else False)
 
     def _to_unit_box(self, actions: th.Tensor) -> th.Tensor:
         if self.is_unit_box:
@@ -112,20 +146,30 @@ class TruncatedNormalDistribution(DiagGaussianDistribution):
         ):
             return sampled[2]
         unit = self._to_unit_box(actions)
-        if th.is_grad_enabled():
-            # A training step reads the entropy next (PPO, A2C): one pass and one graph node give both.
-            unit_log_prob, self._entropy = self.distribution.log_prob_and_entropy(unit)
-        else:
-            unit_log_prob = self.distribution.log_prob(unit)
+        if not th.is_grad_enabled():
+            return sum_independent_dims(self.distribution.log_prob(unit)) - self.log_scale_correction
+        # A training step reads the entropy next (PPO, A2C): one pass and one graph node give both.
+        if self._fused and unit.shape == self._params[0].shape and not unit.requires_grad:
+            unit_array = unit.numpy()
+            validate = th.distributions.Distribution._validate_args
+            if not validate or ((unit_array >= -1.0) & (unit_array <= 1.0)).all():
+                mean_actions, log_std, log_std_era = self._params
+                log_prob, self._entropy = TanhTruncatedLogProbAndEntropy.apply(
+                    mean_actions, log_std, unit_array, self.log_scale_correction, log_std_era
+                )
+                return log_prob
+        unit_log_prob, unit_entropy = self.distribution.log_prob_and_entropy(unit)
+        self._entropy = sum_independent_dims(unit_entropy) + self.log_scale_correction
         return sum_independent_dims(unit_log_prob) - self.log_scale_correction
 
     def entropy(self) -> th.Tensor:
         """Exact entropy in the environment's action space, summed over action dimensions."""
         with th.set_grad_enabled(th.is_grad_enabled() and self.entropy_needs_grad):
-            entropy = self.distribution.entropy() if self._entropy is None else self._entropy
-            if not th.is_grad_enabled():
-                entropy = entropy.detach()
-            return sum_independent_dims(entropy) + self.log_scale_correction
+            if self._entropy is None:
+                entropy = sum_independent_dims(self.distribution.entropy()) + self.log_scale_correction
+            else:
+                entropy = self._entropy
+            return entropy if th.is_grad_enabled() else entropy.detach()
 
     def sample(self) -> th.Tensor:
         """

@@ -238,7 +238,16 @@ class ERAActorCriticMixin:
             # compensation_loss reads H_hat = -mean(log_prob); the exact per-state entropies stand in for it.
             (slot["grad"],) = th.autograd.grad(era.compensation_loss(-entropy), era.delta)
             return distribution
-        if self.era_kwargs["state_dependent_std"]:
+        state_dependent = self.era_kwargs["state_dependent_std"]
+        if isinstance(self.action_dist, TruncatedNormalDistribution) and (
+            state_dependent or th.is_grad_enabled()
+        ):
+            # The distribution applies the activation itself: a training pass fuses it into one node.
+            pre_activation = self.log_std_net(latent_pi) if state_dependent else self.log_std
+            return self.action_dist.proba_distribution(
+                mean_actions, pre_activation, log_std_era=self.log_std_era
+            )
+        if state_dependent:
             log_std = self.log_std_era(self.log_std_net(latent_pi))
         else:
             log_std = self._state_independent_log_std()

@@ -1,0 +1,139 @@
+"""A training pass's log-probability and entropy of :class:`~sb3_era.TruncatedNormalDistribution` in one node.
+
+PPO and A2C evaluate a minibatch of a few dozen states per gradient step: from the mean and the log-std's ERA
+pre-activation, the activation, ``exp``, the broadcast of a state-independent log-std, ``tanh`` and the clamp just
+inside the bounds, the truncated normal's log-probability and entropy, and their sums over the action dimensions.
+Recorded op by op, each costs torch's dispatch and an autograd node forward and backward, more at this size than
+the arithmetic. :class:`TanhTruncatedLogProbAndEntropy` runs the chain as one node: the activation and the location
+by their torch functions without gradient, the truncated normal by ``era_core``'s formulas on float64 NumPy arrays
+(those its own fused node runs), and the backward in closed form through each link.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch as th
+from torch.autograd.function import once_differentiable
+
+from era_core import GaussianERA, gaussian_era_log_std, max_feasible_target
+from era_core.truncated_normal import (
+    _array_ops,
+    _log_prob_and_entropy_gradients,
+    _log_prob_and_entropy_in_interval,
+    _TorchOps,
+)
+
+
+def tanh_location(mean: th.Tensor) -> th.Tensor:
+    """The truncated normal's location in the unit box (spec 1.1): ``tanh(mean)`` clamped to ``1 - eps`` of the
+    means' dtype, so that it stays strictly inside the box.
+
+    :param mean: unbounded means.
+    """
+    edge = 1.0 - th.finfo(mean.dtype).eps
+    return th.tanh(mean).clamp(-edge, edge)
+
+
+def fusable(mean: th.Tensor, log_std: th.Tensor) -> bool:
+    """Whether :class:`TanhTruncatedLogProbAndEntropy` applies: a ``(batch, D)`` float32 or float64 mean on the CPU
+    with SciPy installed (eager, not traced or compiled) and a log-std of its dtype, per state or one per dimension.
+    """
+    return (
+        mean.dim() == 2
+        and mean.dtype in (th.float32, th.float64)
+        and log_std.dtype == mean.dtype
+        and log_std.shape in (mean.shape, mean.shape[-1:])
+        and log_std.device == mean.device
+        and _array_ops(mean) is not _TorchOps
+    )
+
+
+def valid_parameters(mean: th.Tensor, log_std: th.Tensor) -> bool:
+    """Whether ``TruncatedNormal``'s parameter checks surely pass: no NaN mean, and a positive ``exp(log_std)``.
+
+    ``False`` (also for an ERA pre-activation of ``-inf``, which the activation maps to a valid log-std) sends the
+    pass to the eager path, whose checks raise torch's own error where the parameters are invalid.
+    """
+    return not np.isnan(mean.detach().numpy()).any() and bool((np.exp(log_std.detach().numpy()) > 0).all())
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    exp_z = np.exp(z - z.max(-1, keepdims=True))
+    return exp_z / exp_z.sum(-1, keepdims=True)
+
+
+class TanhTruncatedLogProbAndEntropy(th.autograd.Function):
+    """``(log_prob(actions), entropy)`` summed over the action dimensions, from ``mean`` and ``log_std``.
+
+    ``loc = tanh_location(mean)``; ``scale = exp(log_std)``, broadcast against ``mean``, or with ``era``
+    ``scale = exp(era(log_std))`` (no gradient reaches a learned ``delta`` through it, as through
+    :meth:`era_core.GaussianERA.forward`); then ``era_core``'s truncated normal on ``[-1, 1]`` in float64. The log-scale
+    correction of a box other than ``[-1, 1]`` is subtracted from the log-probabilities and added to the entropies.
+    ``actions`` are in the unit box and get no gradient.
+
+    Gradients: ``d/d mean = d/d loc (1 - loc^2)`` inside the clamp (where ``loc = tanh(mean)``), 0 where it holds
+    the location; ``d/d log-std = scale d/d scale``, summed over the states for a state-independent log-std;
+    through ERA's ``lmax + K softmax(z)``, ``d/dz = K s (g - <g, s>)`` for ``s = softmax(z)`` and ``g`` the log-std's
+    gradient where it is above ``log_std_min`` (0 where the clamp holds it).
+    """
+
+    @staticmethod
+    def forward(
+        ctx, mean, log_std, actions: np.ndarray, log_scale_correction: float, era: GaussianERA | None
+    ):
+        ops = _array_ops(mean)
+        # Location and activation by torch in the parameters' dtype, as the eager path and a rollout compute them:
+        # at a scale of exp(-8) one ulp of tanh moves a log-probability by 1e-4. The truncated normal is float64.
+        loc = tanh_location(mean.detach()).numpy()
+        edge = 1.0 - float(np.finfo(loc.dtype).eps)
+        activation = None
+        if era is None:
+            era_log_std = log_std.detach().numpy()
+        else:
+            # era(log_std), less its shape check (fusable's).
+            floor = era.entropy_floor()
+            era_log_std = gaussian_era_log_std(
+                log_std.detach(), floor, era.log_std_min, era.log_std_max
+            ).numpy()
+            k = floor.item() - max_feasible_target(era.action_dim, era.log_std_max)
+            activation = (k, log_std.detach().numpy(), era_log_std > era.log_std_min)
+        scale = np.exp(era_log_std)
+        log_prob, entropy, saved = _log_prob_and_entropy_in_interval(
+            ops,
+            loc.astype("float64"),
+            np.broadcast_to(scale.astype("float64"), loc.shape),
+            actions.astype("float64", copy=False),
+            0.0,
+            1.0,
+        )
+        ctx.set_materialize_grads(False)
+        ctx.saved = (ops, saved, loc, np.abs(loc) < edge, log_std.dim() == 1, activation)
+        return (
+            ops.to_tensor(log_prob.sum(-1) - log_scale_correction, loc.dtype),
+            ops.to_tensor(entropy.sum(-1) + log_scale_correction, loc.dtype),
+        )
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_log_prob, grad_entropy):
+        ops, saved, loc, inside, shared_std, activation = ctx.saved
+        grads = (
+            None if g is None else np.broadcast_to(g.numpy().astype("float64")[:, None], loc.shape)
+            for g in (grad_log_prob, grad_entropy)
+        )
+        grad_loc, grad_scale, _ = _log_prob_and_entropy_gradients(ops, saved, *grads, False)
+        grad_mean = grad_log_std = None
+        if ctx.needs_input_grad[0]:
+            loc64 = loc.astype("float64")
+            grad_mean = ops.to_tensor(np.where(inside, grad_loc * (1.0 - loc64 * loc64), 0.0), loc.dtype)
+        if ctx.needs_input_grad[1]:
+            grad_log_std = grad_scale * saved[0]  # saved[0] is the (broadcast) scale
+            if shared_std:
+                grad_log_std = grad_log_std.sum(0)
+            if activation is not None:
+                k, z, above_min = activation
+                g = np.where(above_min, grad_log_std, 0.0)
+                s = _softmax(z.astype("float64"))
+                grad_log_std = k * s * (g - (g * s).sum(-1, keepdims=True))
+            grad_log_std = ops.to_tensor(grad_log_std, loc.dtype)
+        return grad_mean, grad_log_std, None, None, None

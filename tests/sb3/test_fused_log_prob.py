@@ -1,0 +1,154 @@
+"""The fused training pass of TruncatedNormalDistribution (sb3_era.fused_log_prob) against the op-by-op path."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch as th
+from sb3_era_envs import TINY_NET, ReachTargetEnv
+
+from era_core import GaussianERA
+from sb3_era import ERAA2C, ERAPPO, TruncatedNormalDistribution
+from sb3_era import distributions as distributions_module
+
+BATCH, DIM = 32, 3
+BOXES = [(-1.0, 1.0), (np.array([-2.0, 0.0, -0.4]), np.array([2.0, 1.0, 0.4]))]
+
+
+@pytest.fixture
+def eager(monkeypatch):
+    """Run the body on the op-by-op path: no training pass is fused."""
+
+    def without_fusion():
+        monkeypatch.setattr(distributions_module, "fusable", lambda mean, log_std: False)
+
+    return without_fusion
+
+
+def _inputs(shared_std: bool, dtype: th.dtype, low, high, seed: int = 0):
+    generator = th.Generator().manual_seed(seed)
+    mean = 3.0 * th.randn(BATCH, DIM, generator=generator, dtype=dtype)
+    # Saturated means (the clamp holds the location) and one exactly at the middle.
+    mean[0] = th.tensor([40.0, -40.0, 0.0], dtype=dtype)
+    std_shape = (DIM,) if shared_std else (BATCH, DIM)
+    pre_activation = 2.0 * th.randn(std_shape, generator=generator, dtype=dtype)
+    unit = 2.0 * th.rand(BATCH, DIM, generator=generator, dtype=th.float64) - 1.0
+    unit[0] = th.tensor([1.0, -1.0, 0.0])  # on the bounds
+    center, half_range = (np.asarray(high) + np.asarray(low)) / 2, (np.asarray(high) - np.asarray(low)) / 2
+    actions = th.as_tensor(center + half_range * unit.numpy(), dtype=th.float32)
+    return mean.requires_grad_(True), pre_activation.requires_grad_(True), actions
+
+
+def _pass(era: GaussianERA | None, mean, pre_activation, actions, low, high, entropy_needs_grad=True):
+    """(log_prob, entropy, d/d mean, d/d pre-activation, whether the truncated normal was built)."""
+    mean.grad = pre_activation.grad = None
+    dist = TruncatedNormalDistribution(DIM, low, high)
+    dist.entropy_needs_grad = entropy_needs_grad
+    dist.proba_distribution(mean, pre_activation, log_std_era=era)
+    log_prob, entropy = dist.log_prob(actions), dist.entropy()
+    # Weights that give every element its own gradient, through both outputs.
+    weights = th.linspace(-1.0, 2.0, BATCH, dtype=log_prob.dtype)
+    loss = (weights * log_prob).sum() + ((1.0 - weights) * entropy).sum() * entropy_needs_grad
+    loss.backward()
+    built = "distribution" in dist.__dict__
+    return log_prob.detach(), entropy.detach(), mean.grad.clone(), pre_activation.grad.clone(), built
+
+
+@pytest.mark.parametrize(("low", "high"), BOXES, ids=["unit_box", "box"])
+@pytest.mark.parametrize("dtype", [th.float32, th.float64])
+@pytest.mark.parametrize("shared_std", [True, False], ids=["state_independent", "state_dependent"])
+@pytest.mark.parametrize("with_era", [True, False], ids=["era", "log_std"])
+def test_fused_pass_gives_the_eager_values_and_gradients(eager, low, high, dtype, shared_std, with_era):
+    era = GaussianERA(DIM, log_std_min=-3.0).to(dtype) if with_era else None
+    inputs = _inputs(shared_std, dtype, low, high)
+    *fused, fused_built = _pass(era, *inputs, low, high)
+    eager()
+    *reference, reference_built = _pass(era, *inputs, low, high)
+    assert not fused_built and reference_built
+    # float64 sums and gradients on both paths; float32 ones differ by the rounding of the per-element values.
+    tolerance = dict(rtol=1e-5, atol=1e-4) if dtype == th.float32 else dict(rtol=1e-10, atol=1e-10)
+    for got, expected in zip(fused, reference, strict=True):
+        assert got.dtype == expected.dtype == dtype
+        assert th.isfinite(got).all()
+        th.testing.assert_close(got, expected, **tolerance)
+
+
+def test_the_era_clamp_and_the_location_clamp_stop_their_gradients(eager):
+    # Pre-activations that send one log-std below log_std_min (clamped there) and means past the location's clamp.
+    era = GaussianERA(DIM, log_std_min=-3.0)
+    mean, pre_activation, actions = _inputs(True, th.float32, -1.0, 1.0)
+    with th.no_grad():
+        pre_activation.copy_(th.tensor([6.0, 0.0, 0.0]))
+        assert era(pre_activation)[0] == -3.0 and (era(pre_activation)[1:] > -3.0).all()
+    fused = _pass(era, mean, pre_activation, actions, -1.0, 1.0)
+    eager()
+    reference = _pass(era, mean, pre_activation, actions, -1.0, 1.0)
+    assert fused[2][0, :2].abs().max() == reference[2][0, :2].abs().max() == 0.0
+    th.testing.assert_close(fused[3], reference[3], rtol=1e-5, atol=1e-6)
+
+
+def test_entropy_without_graph_leaves_the_log_prob_gradients_unchanged(eager):
+    inputs = _inputs(True, th.float32, -1.0, 1.0)
+    era = GaussianERA(DIM)
+    fused = _pass(era, *inputs, -1.0, 1.0, entropy_needs_grad=False)
+    eager()
+    reference = _pass(era, *inputs, -1.0, 1.0, entropy_needs_grad=False)
+    for got, expected in zip(fused[:4], reference[:4], strict=True):
+        th.testing.assert_close(got, expected, rtol=1e-5, atol=1e-4)
+
+
+def test_invalid_parameters_and_actions_raise_as_on_the_eager_path():
+    dist = TruncatedNormalDistribution(2)
+    mean, log_std = th.zeros(4, 2, requires_grad=True), th.zeros(2, requires_grad=True)
+    nan_mean = mean.detach().clone()
+    nan_mean[1, 0] = math.nan
+    with pytest.raises(ValueError, match="loc"):
+        dist.proba_distribution(nan_mean, log_std)
+    with pytest.raises(ValueError, match="scale"):
+        dist.proba_distribution(mean, th.full((2,), -math.inf))
+    with pytest.raises(ValueError, match="within the support"):
+        dist.proba_distribution(mean, log_std).log_prob(th.tensor([[0.5, 1.5]] * 4))
+    # An ERA pre-activation of -inf is valid (the activation maps it into [lmin, lmax]): the eager path takes it.
+    era = GaussianERA(2)
+    log_prob = dist.proba_distribution(mean, th.tensor([-math.inf, 0.0]), log_std_era=era).log_prob(
+        th.zeros(4, 2)
+    )
+    assert th.isfinite(log_prob).all()
+    with pytest.raises(ValueError, match=r"shape \(\.\.\., 2\)"):
+        dist.proba_distribution(mean, th.zeros(3), log_std_era=era)
+
+
+@pytest.mark.parametrize("algo", [ERAPPO, ERAA2C], ids=["ERAPPO", "ERAA2C"])
+@pytest.mark.parametrize("state_dependent_std", [False, True], ids=["state_independent", "state_dependent"])
+def test_training_with_the_fused_pass_ends_where_the_eager_path_does(
+    eager, monkeypatch, algo, state_dependent_std
+):
+    # Same seed, same rollouts, same minibatches: after all of learn()'s updates the parameters agree to the
+    # float32 rounding that the two paths' sums differ by.
+    kwargs = dict(n_steps=128, batch_size=64, n_epochs=2) if algo is ERAPPO else dict(n_steps=16)
+    policy_kwargs = dict(net_arch=TINY_NET, state_dependent_std=state_dependent_std)
+
+    node = distributions_module.TanhTruncatedLogProbAndEntropy
+    calls = []
+
+    class CountedNode:
+        @staticmethod
+        def apply(*args):
+            calls.append(1)
+            return node.apply(*args)
+
+    monkeypatch.setattr(distributions_module, "TanhTruncatedLogProbAndEntropy", CountedNode)
+
+    def parameters_after_learn() -> tuple[list[th.Tensor], int]:
+        calls.clear()
+        model = algo("MlpPolicy", ReachTargetEnv(), policy_kwargs=policy_kwargs, seed=0, **kwargs).learn(512)
+        return [p.detach().clone() for p in model.policy.parameters()], len(calls)
+
+    fused, fused_calls = parameters_after_learn()
+    eager()
+    reference, reference_calls = parameters_after_learn()
+    assert fused_calls > 0 and reference_calls == 0
+    for got, expected in zip(fused, reference, strict=True):
+        th.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
