@@ -1,13 +1,14 @@
-"""PPO-ERA's distribution step in one update minibatch: the package's eager path, torch.compile, and SB3's Gaussian.
+"""PPO-ERA's distribution step in one update minibatch: the package's paths, torch.compile, and SB3's Gaussian.
 
 PPO-ERA's update pays, per minibatch, for the ERA activation of the state-independent log-std, the ``tanh``
-location and the truncated normal's log-probability and entropy (a fused node computed on NumPy on the CPU),
-where PPO's ``DiagGaussianDistribution`` takes a handful of native ops. This script times that step, forward
-and backward, on a minibatch (64 states x 6 action dimensions, HalfCheetah's) three ways, interleaved in one
-process: (a) SB3's Gaussian (the baseline), (b) the package's eager path, (c) the same ``era_core`` formulas on
-torch under ``torch.compile`` (inductor's C++ backend; needs a C++ compiler), for the minibatch's shape or,
-with ``--dynamic``, for every batch size at once; its one-off compile time is reported apart. Process CPU
-time, medians of the repeats. Prints a table, writes JSON::
+location and the truncated normal's log-probability and entropy, where PPO's ``DiagGaussianDistribution``
+takes a handful of native ops. This script times that step, forward and backward, on a minibatch (64 states x
+6 action dimensions, HalfCheetah's) four ways, interleaved in one process: (a) SB3's Gaussian (the baseline),
+(b) the package's fused training pass (one autograd node from the mean and the pre-activation,
+:mod:`sb3_era.fused_log_prob`), (c) the package's op-by-op path (``fuse_training_pass = False``), (d) the same
+``era_core`` formulas on torch under ``torch.compile`` (inductor's C++ backend; needs a C++ compiler), for the
+minibatch's shape or, with ``--dynamic``, for every batch size at once; its one-off compile time is reported
+apart. Process CPU time, medians of the repeats. Prints a table, writes JSON::
 
     python benchmarks/ppo_distribution_compile.py --repeats 9
     python benchmarks/ppo_distribution_compile.py --repeats 9 --dynamic --out benchmarks/results/ppo_distribution_compile-dynamic.json
@@ -59,13 +60,19 @@ def main() -> None:
 
     gaussian = DiagGaussianDistribution(args.action_dim)
     truncated = TruncatedNormalDistribution(args.action_dim)
+    op_by_op = TruncatedNormalDistribution(args.action_dim)
+    op_by_op.fuse_training_pass = False
 
     def sb3_gaussian() -> None:
         dist = gaussian.proba_distribution(mean, log_std)
         (dist.log_prob(actions).mean() + dist.entropy().mean()).backward()
 
+    def package_fused() -> None:
+        dist = truncated.proba_distribution(mean, log_std, log_std_era=era)
+        (dist.log_prob(actions).mean() + dist.entropy().mean()).backward()
+
     def package_eager() -> None:
-        dist = truncated.proba_distribution(mean, era(log_std))
+        dist = op_by_op.proba_distribution(mean, log_std, log_std_era=era)
         (dist.log_prob(actions).mean() + dist.entropy().mean()).backward()
 
     def torch_formulas(log_std: torch.Tensor, mean: torch.Tensor, actions: torch.Tensor):
@@ -75,7 +82,7 @@ def main() -> None:
         log_prob, entropy, _ = _log_prob_and_entropy_in_interval(_TorchOps, loc, scale, actions, 0.0, 1.0)
         return log_prob.sum(-1), entropy.sum(-1)
 
-    reference = truncated.proba_distribution(mean, era(log_std))
+    reference = op_by_op.proba_distribution(mean, log_std, log_std_era=era)
     reference_log_prob, reference_entropy = reference.log_prob(actions), reference.entropy()
     compiled_name = "PPO-ERA compiled" + (", dynamic shapes" if args.dynamic else "")
     start = time.process_time()
@@ -92,7 +99,12 @@ def main() -> None:
         log_prob, entropy = formulas(log_std, mean, actions)
         (log_prob.mean() + entropy.mean()).backward()
 
-    steps = {"SB3 Gaussian": sb3_gaussian, "PPO-ERA eager": package_eager, compiled_name: compiled}
+    steps = {
+        "SB3 Gaussian": sb3_gaussian,
+        "PPO-ERA fused": package_fused,
+        "PPO-ERA eager": package_eager,
+        compiled_name: compiled,
+    }
     for step in steps.values():  # warm-up
         _time_us(step, args.iters // 5)
     times: dict[str, list[float]] = {name: [] for name in steps}

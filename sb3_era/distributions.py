@@ -44,6 +44,9 @@ class TruncatedNormalDistribution(DiagGaussianDistribution):
     #: Whether :meth:`entropy` records a graph. ``ERAPPO``/``ERAA2C`` turn it off inside ``train()`` when
     #: ``ent_coef`` is 0, where the loss only multiplies the entropy by zero (it is still logged).
     entropy_needs_grad: bool = True
+    #: Whether a training pass on the CPU takes its log-probability and entropy from one autograd node
+    #: (:mod:`sb3_era.fused_log_prob`); ``False`` records the same computation op by op.
+    fuse_training_pass: bool = True
 
     def __init__(self, action_dim: int, low: float | np.ndarray = -1.0, high: float | np.ndarray = 1.0):
         super().__init__(action_dim)
@@ -104,6 +107,7 @@ class TruncatedNormalDistribution(DiagGaussianDistribution):
         validate = self._grad and bool(th.distributions.Distribution._validate_args)
         self._fused = (
             self._grad
+            and self.fuse_training_pass
             and fusable(mean_actions, log_std)
             and (not validate or valid_parameters(mean_actions, log_std))
         )

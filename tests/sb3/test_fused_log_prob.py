@@ -22,7 +22,7 @@ def eager(monkeypatch):
     """Run the body on the op-by-op path: no training pass is fused."""
 
     def without_fusion():
-        monkeypatch.setattr(distributions_module, "fusable", lambda mean, log_std: False)
+        monkeypatch.setattr(TruncatedNormalDistribution, "fuse_training_pass", False)
 
     return without_fusion
 
