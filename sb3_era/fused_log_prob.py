@@ -54,7 +54,9 @@ def valid_parameters(mean: th.Tensor, log_std: th.Tensor) -> bool:
     ``False`` (also for an ERA pre-activation of ``-inf``, which the activation maps to a valid log-std) sends the
     pass to the eager path, whose checks raise torch's own error where the parameters are invalid.
     """
-    return not np.isnan(mean.detach().numpy()).any() and bool((np.exp(log_std.detach().numpy()) > 0).all())
+    with np.errstate(over="ignore"):  # an infinite scale passes torch's check too
+        scale = np.exp(log_std.detach().numpy())
+    return not np.isnan(mean.detach().numpy()).any() and bool((scale > 0).all())
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:

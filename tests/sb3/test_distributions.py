@@ -223,13 +223,17 @@ def test_rollout_squashed_gaussian_is_sb3s_in_rollouts_and_training():
             th.testing.assert_close(sample, sb3.sample(), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "op_by_op"])
 @pytest.mark.parametrize("after_log_prob", [False, True])
-def test_entropy_records_a_graph_only_when_asked_and_under_grad(after_log_prob: bool, monkeypatch) -> None:
+def test_entropy_records_a_graph_only_when_asked_and_under_grad(
+    after_log_prob: bool, fused: bool, monkeypatch
+):
     mean = th.tensor([[0.3, -1.2], [2.0, 0.1]], requires_grad=True)
     log_std = th.tensor([-0.5, -1.0], requires_grad=True)
     actions = th.tensor([[0.2, -0.7], [0.9, 0.0]])
     for needs_grad in (True, False):
         dist = TruncatedNormalDistribution(2)
+        dist.fuse_training_pass = fused
         dist.entropy_needs_grad = needs_grad
         dist.proba_distribution(mean, log_std)
         log_prob = dist.log_prob(actions) if after_log_prob else None

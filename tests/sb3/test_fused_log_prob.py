@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from sb3_era_envs import TINY_NET, ReachTargetEnv
 from era_core import GaussianERA
 from sb3_era import ERAA2C, ERAPPO, TruncatedNormalDistribution
 from sb3_era import distributions as distributions_module
+from sb3_era.fused_log_prob import fusable
 
 BATCH, DIM = 32, 3
 BOXES = [(-1.0, 1.0), (np.array([-2.0, 0.0, -0.4]), np.array([2.0, 1.0, 0.4]))]
@@ -61,7 +63,7 @@ def _pass(era: GaussianERA | None, mean, pre_activation, actions, low, high, ent
 @pytest.mark.parametrize("shared_std", [True, False], ids=["state_independent", "state_dependent"])
 @pytest.mark.parametrize("with_era", [True, False], ids=["era", "log_std"])
 def test_fused_pass_gives_the_eager_values_and_gradients(eager, low, high, dtype, shared_std, with_era):
-    era = GaussianERA(DIM, log_std_min=-3.0).to(dtype) if with_era else None
+    era = GaussianERA(DIM, log_std_min=-3.0, log_std_max=-0.5).to(dtype) if with_era else None
     inputs = _inputs(shared_std, dtype, low, high)
     *fused, fused_built = _pass(era, *inputs, low, high)
     eager()
@@ -89,6 +91,33 @@ def test_the_era_clamp_and_the_location_clamp_stop_their_gradients(eager):
     th.testing.assert_close(fused[3], reference[3], rtol=1e-5, atol=1e-6)
 
 
+def test_large_pre_activations_of_different_rows_keep_finite_gradients(eager):
+    # The softmax's shift is per row: rows thousands apart (and one far above zero) must not overflow or
+    # underflow to NaN.
+    era = GaussianERA(DIM, log_std_min=-3.0)
+    mean, pre_activation, actions = _inputs(False, th.float32, -1.0, 1.0)
+    with th.no_grad():
+        pre_activation[::2] += 1000.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nor does NumPy warn of an overflow on the way
+        fused = _pass(era, mean, pre_activation, actions, -1.0, 1.0)
+    eager()
+    reference = _pass(era, mean, pre_activation, actions, -1.0, 1.0)
+    for got, expected in zip(fused[:4], reference[:4], strict=True):
+        assert th.isfinite(got).all()
+        th.testing.assert_close(got, expected, rtol=1e-5, atol=1e-4)
+
+
+def test_only_two_dimensional_cpu_float_parameters_of_one_dtype_are_fused():
+    mean, shared, per_state = th.zeros(4, 3), th.zeros(3), th.zeros(4, 3)
+    assert fusable(mean, shared) and fusable(mean, per_state) and fusable(mean.double(), shared.double())
+    assert not fusable(th.zeros(2, 4, 3), shared)  # SB3 sums dimension 1 of 3-d log-probs, not the last
+    assert not fusable(mean.half(), shared.half())
+    assert not fusable(mean, shared.double())
+    assert not fusable(mean, th.zeros(4))
+    assert not fusable(mean, th.zeros(4, 1))
+
+
 def test_entropy_without_graph_leaves_the_log_prob_gradients_unchanged(eager):
     inputs = _inputs(True, th.float32, -1.0, 1.0)
     era = GaussianERA(DIM)
@@ -108,8 +137,9 @@ def test_invalid_parameters_and_actions_raise_as_on_the_eager_path():
         dist.proba_distribution(nan_mean, log_std)
     with pytest.raises(ValueError, match="scale"):
         dist.proba_distribution(mean, th.full((2,), -math.inf))
-    with pytest.raises(ValueError, match="within the support"):
-        dist.proba_distribution(mean, log_std).log_prob(th.tensor([[0.5, 1.5]] * 4))
+    for outside in (1.5, -1.5):
+        with pytest.raises(ValueError, match="within the support"):
+            dist.proba_distribution(mean, log_std).log_prob(th.tensor([[0.5, outside]] * 4))
     # An ERA pre-activation of -inf is valid (the activation maps it into [lmin, lmax]): the eager path takes it.
     era = GaussianERA(2)
     log_prob = dist.proba_distribution(mean, th.tensor([-math.inf, 0.0]), log_std_era=era).log_prob(
