@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch as th
+from scipy.special import softmax
 from torch.autograd.function import once_differentiable
 
 from era_core import GaussianERA, gaussian_era_log_std, max_feasible_target
@@ -57,11 +58,6 @@ def valid_parameters(mean: th.Tensor, log_std: th.Tensor) -> bool:
     with np.errstate(over="ignore"):  # an infinite scale passes torch's check too
         scale = np.exp(log_std.detach().numpy())
     return not np.isnan(mean.detach().numpy()).any() and bool((scale > 0).all())
-
-
-def _softmax(z: np.ndarray) -> np.ndarray:
-    exp_z = np.exp(z - z.max(-1, keepdims=True))
-    return exp_z / exp_z.sum(-1, keepdims=True)
 
 
 class TanhTruncatedLogProbAndEntropy(th.autograd.Function):
@@ -135,7 +131,7 @@ class TanhTruncatedLogProbAndEntropy(th.autograd.Function):
             if activation is not None:
                 k, z, above_min = activation
                 g = np.where(above_min, grad_log_std, 0.0)
-                s = _softmax(z.astype("float64"))
+                s = softmax(z.astype("float64"), axis=-1)
                 grad_log_std = k * s * (g - (g * s).sum(-1, keepdims=True))
             grad_log_std = ops.to_tensor(grad_log_std, loc.dtype)
         return grad_mean, grad_log_std, None, None, None
