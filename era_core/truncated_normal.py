@@ -456,6 +456,17 @@ class _LogProbAndEntropy(torch.autograd.Function):
         return grad_loc, grad_scale, grad_value, None, None
 
 
+def uniform_levels(shape: torch.Size, like: torch.Tensor) -> torch.Tensor:
+    """The quantile levels of :meth:`TruncatedNormal.rsample`: ``u ~ Uniform(eps, 1 - eps)`` of ``like``'s dtype and
+    device (from torch's generator), kept off 0 and 1 so that the quantile stays finite.
+
+    :param shape: shape of the levels.
+    :param like: a tensor of the dtype and device to draw in.
+    """
+    eps = torch.finfo(like.dtype).eps
+    return torch.rand(shape, dtype=like.dtype, device=like.device).clamp_(eps, 1.0 - eps)
+
+
 class TruncatedNormal(Distribution):
     """Normal distribution ``N(loc, scale^2)`` restricted to ``[low, high]`` and renormalised.
 
@@ -686,8 +697,7 @@ class TruncatedNormal(Distribution):
     def rsample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
         """Reparameterised sample, ``icdf(u)`` for ``u ~ Uniform(eps, 1 - eps)``, with a closed-form gradient."""
         shape = self._extended_shape(sample_shape)
-        eps = torch.finfo(self.loc.dtype).eps
-        u = torch.rand(shape, dtype=self.loc.dtype, device=self.loc.device).clamp(eps, 1.0 - eps)
+        u = uniform_levels(shape, self.loc)
         low, high = (v.expand(shape) if isinstance(v, torch.Tensor) else v for v in (self.low, self.high))
         # Number bounds take the one-pass formula. With tensor bounds and without gradient the distribution's own
         # alpha, beta and log Z are computed once and shared with a later log_prob; with gradient they are

@@ -15,7 +15,14 @@ from stable_baselines3.common.distributions import (
 from torch.distributions import Normal
 
 from era_core import GaussianERA, TruncatedNormal
-from sb3_era.fused_log_prob import TanhTruncatedLogProbAndEntropy, fusable, tanh_location, valid_parameters
+from era_core.truncated_normal import uniform_levels
+from sb3_era.fused_log_prob import (
+    TanhTruncatedLogProbAndEntropy,
+    TanhTruncatedSample,
+    fusable,
+    tanh_location,
+    valid_parameters,
+)
 
 SelfTruncatedNormalDistribution = TypeVar(
     "SelfTruncatedNormalDistribution", bound="TruncatedNormalDistribution"
@@ -44,8 +51,8 @@ class TruncatedNormalDistribution(DiagGaussianDistribution):
     #: Whether :meth:`entropy` records a graph. ``ERAPPO``/``ERAA2C`` turn it off inside ``train()`` when
     #: ``ent_coef`` is 0, where the loss only multiplies the entropy by zero (it is still logged).
     entropy_needs_grad: bool = True
-    #: Whether a training pass on the CPU takes its log-probability and entropy from one autograd node
-    #: (:mod:`sb3_era.fused_log_prob`); ``False`` records the same computation op by op.
+    #: Whether a training pass on the CPU takes its log-probability and entropy, or its reparameterised sample, from
+    #: one autograd node (:mod:`sb3_era.fused_log_prob`); ``False`` records the same computation op by op.
     fuse_training_pass: bool = True
 
     def __init__(self, action_dim: int, low: float | np.ndarray = -1.0, high: float | np.ndarray = 1.0):
@@ -84,8 +91,8 @@ class TruncatedNormalDistribution(DiagGaussianDistribution):
 
         A training pass (with gradient) on the CPU defers building :attr:`distribution`: its
         :meth:`log_prob` and :meth:`entropy` come from one autograd node on the parameters, ERA's activation
-        included (:mod:`sb3_era.fused_log_prob`), and the truncated normal is built only if something else
-        reads it. The parameters are checked here either way.
+        included, and so does a :meth:`sample` (:mod:`sb3_era.fused_log_prob`); the truncated normal is built only
+        if something else reads it. The parameters are checked here either way.
 
         :param mean_actions: Unbounded means ``mu``; the location in the unit box is ``tanh(mu)``.
         :param log_std: Log-stds in the unit box (broadcast against ``mean_actions``), or with ``log_std_era``
@@ -177,13 +184,22 @@ class TruncatedNormalDistribution(DiagGaussianDistribution):
 
     def sample(self) -> th.Tensor:
         """
-        Draw actions; with gradient a reparameterised sample, without (a rollout) one pass that also computes
-        their log-probability, returned by the next ``log_prob`` of these very actions (left unmodified).
+        Draw actions; with gradient a reparameterised sample (in a training pass on the CPU, one autograd node
+        from the mean and the log-std: :class:`~sb3_era.fused_log_prob.TanhTruncatedSample`), without (a rollout)
+        one pass that also computes their log-probability, returned by the next ``log_prob`` of these very actions
+        (left unmodified).
 
         :return: Actions in the environment's units
         """
         if th.is_grad_enabled():
-            return self._from_unit_box(self.distribution.rsample())
+            mean_actions, log_std, log_std_era = self._params
+            if self._fused and log_std_era is None:
+                unit = TanhTruncatedSample.apply(
+                    mean_actions, log_std, uniform_levels(mean_actions.shape, mean_actions)
+                )
+            else:
+                unit = self.distribution.rsample()
+            return self._from_unit_box(unit)
         unit, unit_log_prob = self.distribution.sample_and_log_prob()
         actions = self._from_unit_box(unit)
         log_prob = sum_independent_dims(unit_log_prob) - self.log_scale_correction

@@ -1,4 +1,4 @@
-"""A training pass's log-probability and entropy of :class:`~sb3_era.TruncatedNormalDistribution` in one node.
+"""A training pass of :class:`~sb3_era.TruncatedNormalDistribution` in one autograd node.
 
 PPO and A2C evaluate a minibatch of a few dozen states per gradient step: from the mean and the log-std's ERA
 pre-activation, the activation, ``exp``, the broadcast of a state-independent log-std, ``tanh`` and the clamp just
@@ -6,7 +6,8 @@ inside the bounds, the truncated normal's log-probability and entropy, and their
 Recorded op by op, each costs torch's dispatch and an autograd node forward and backward, more at this size than
 the arithmetic. :class:`TanhTruncatedLogProbAndEntropy` runs the chain as one node: the activation and the location
 by their torch functions without gradient, the truncated normal by ``era_core``'s formulas on float64 NumPy arrays
-(those its own fused node runs), and the backward in closed form through each link.
+(those its own fused node runs), and the backward in closed form through each link. SAC, TQC and CrossQ draw
+reparameterised actions twice per gradient step; :class:`TanhTruncatedSample` does the same for that draw.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from era_core.truncated_normal import (
     _array_ops,
     _log_prob_and_entropy_gradients,
     _log_prob_and_entropy_in_interval,
+    _reparameterized_sample_in_interval,
     _TorchOps,
 )
 
@@ -33,6 +35,13 @@ def tanh_location(mean: th.Tensor) -> th.Tensor:
     """
     edge = 1.0 - th.finfo(mean.dtype).eps
     return th.tanh(mean).clamp(-edge, edge)
+
+
+def _location_derivative(loc: np.ndarray) -> np.ndarray:
+    """``d loc / d mean`` in float64 from :func:`tanh_location`'s output: ``1 - loc^2`` inside the clamp, 0 where it
+    holds the location."""
+    loc64 = loc.astype("float64")
+    return np.where(np.abs(loc) < 1.0 - float(np.finfo(loc.dtype).eps), 1.0 - loc64 * loc64, 0.0)
 
 
 def fusable(mean: th.Tensor, log_std: th.Tensor) -> bool:
@@ -83,7 +92,6 @@ class TanhTruncatedLogProbAndEntropy(th.autograd.Function):
         # Location and activation by torch in the parameters' dtype, as the eager path and a rollout compute them:
         # at a scale of exp(-8) one ulp of tanh moves a log-probability by 1e-4. The truncated normal is float64.
         loc = tanh_location(mean.detach()).numpy()
-        edge = 1.0 - float(np.finfo(loc.dtype).eps)
         activation = None
         if era is None:
             era_log_std = log_std.detach().numpy()
@@ -105,7 +113,7 @@ class TanhTruncatedLogProbAndEntropy(th.autograd.Function):
             1.0,
         )
         ctx.set_materialize_grads(False)
-        ctx.saved = (ops, saved, loc, np.abs(loc) < edge, log_std.dim() == 1, activation)
+        ctx.saved = (ops, saved, loc, log_std.dim() == 1, activation)
         return (
             ops.to_tensor(log_prob.sum(-1) - log_scale_correction, loc.dtype),
             ops.to_tensor(entropy.sum(-1) + log_scale_correction, loc.dtype),
@@ -114,7 +122,7 @@ class TanhTruncatedLogProbAndEntropy(th.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_log_prob, grad_entropy):
-        ops, saved, loc, inside, shared_std, activation = ctx.saved
+        ops, saved, loc, shared_std, activation = ctx.saved
         grads = (
             None if g is None else np.broadcast_to(g.numpy().astype("float64")[:, None], loc.shape)
             for g in (grad_log_prob, grad_entropy)
@@ -122,8 +130,7 @@ class TanhTruncatedLogProbAndEntropy(th.autograd.Function):
         grad_loc, grad_scale, _ = _log_prob_and_entropy_gradients(ops, saved, *grads, False)
         grad_mean = grad_log_std = None
         if ctx.needs_input_grad[0]:
-            loc64 = loc.astype("float64")
-            grad_mean = ops.to_tensor(np.where(inside, grad_loc * (1.0 - loc64 * loc64), 0.0), loc.dtype)
+            grad_mean = ops.to_tensor(grad_loc * _location_derivative(loc), loc.dtype)
         if ctx.needs_input_grad[1]:
             grad_log_std = grad_scale * saved[0]  # saved[0] is the (broadcast) scale
             if shared_std:
@@ -135,3 +142,44 @@ class TanhTruncatedLogProbAndEntropy(th.autograd.Function):
                 grad_log_std = k * s * (g - (g * s).sum(-1, keepdims=True))
             grad_log_std = ops.to_tensor(grad_log_std, loc.dtype)
         return grad_mean, grad_log_std, None, None, None
+
+
+class TanhTruncatedSample(th.autograd.Function):
+    """Reparameterised actions in the unit box at the quantile levels ``u``, from ``mean`` and ``log_std``.
+
+    ``loc = tanh_location(mean)`` and ``scale = exp(log_std)``, broadcast against ``mean``, by torch in the
+    parameters' dtype (as the op-by-op path computes them); then ``era_core``'s quantile ``x = icdf(u)`` of the
+    truncated normal on ``[-1, 1]`` and its derivatives in float64 (:class:`era_core.TruncatedNormal`'s
+    ``rsample`` with the same ``u`` gives the same actions). Gradients: ``d/d mean = dx/d loc (1 - loc^2)`` inside
+    the location's clamp, 0 where it holds; ``d/d log-std = scale dx/d scale`` per state (autograd sums it over
+    the states for a state-independent log-std).
+    """
+
+    @staticmethod
+    def forward(ctx, mean, log_std, u):
+        ops = _array_ops(mean)
+        loc = tanh_location(mean.detach()).numpy()
+        scale = th.exp(log_std.detach()).numpy()
+        derivatives = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        x, saved = _reparameterized_sample_in_interval(
+            ops,
+            loc.astype("float64"),
+            np.broadcast_to(scale.astype("float64"), loc.shape),
+            0.0,
+            1.0,
+            u.numpy().astype("float64"),
+            derivatives,
+        )
+        if derivatives:
+            dx_dloc, dx_dscale = saved
+            ctx.saved = (ops, loc.dtype, dx_dloc * _location_derivative(loc), dx_dscale * scale)
+        return ops.to_tensor(x, loc.dtype)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_x):
+        ops, dtype, dx_dmean, dx_dlog_std = ctx.saved
+        grad = grad_x.numpy().astype("float64")
+        grad_mean = ops.to_tensor(grad * dx_dmean, dtype) if ctx.needs_input_grad[0] else None
+        grad_log_std = ops.to_tensor(grad * dx_dlog_std, dtype) if ctx.needs_input_grad[1] else None
+        return grad_mean, grad_log_std, None

@@ -1,4 +1,5 @@
-"""The fused training pass of TruncatedNormalDistribution (sb3_era.fused_log_prob) against the op-by-op path."""
+"""The fused training pass of TruncatedNormalDistribution (sb3_era.fused_log_prob) against the op-by-op path: the
+log-probability and entropy of PPO and A2C's minibatches, and the reparameterised sample of SAC, TQC and CrossQ."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import torch as th
 from sb3_era_envs import TINY_NET, ReachTargetEnv
 
 from era_core import GaussianERA
-from sb3_era import ERAA2C, ERAPPO, TruncatedNormalDistribution
+from sb3_era import ERAA2C, ERAPPO, ERASAC, ERATQC, ERACrossQ, TruncatedNormalDistribution
 from sb3_era import distributions as distributions_module
 from sb3_era.fused_log_prob import fusable
 
@@ -174,6 +175,81 @@ def test_training_with_the_fused_pass_ends_where_the_eager_path_does(
     def parameters_after_learn() -> tuple[list[th.Tensor], int]:
         calls.clear()
         model = algo("MlpPolicy", ReachTargetEnv(), policy_kwargs=policy_kwargs, seed=0, **kwargs).learn(512)
+        return [p.detach().clone() for p in model.policy.parameters()], len(calls)
+
+    fused, fused_calls = parameters_after_learn()
+    eager()
+    reference, reference_calls = parameters_after_learn()
+    assert fused_calls > 0 and reference_calls == 0
+    for got, expected in zip(fused, reference, strict=True):
+        th.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def _sample_pass(mean, log_std, low, high, era=None):
+    """(actions, d/d mean, d/d log-std, whether the truncated normal was built) of one reparameterised sample."""
+    mean.grad = log_std.grad = None
+    dist = TruncatedNormalDistribution(DIM, low, high).proba_distribution(mean, log_std, log_std_era=era)
+    th.manual_seed(3)
+    actions = dist.sample()
+    # Weights that give every element its own gradient.
+    (actions * th.linspace(-1.0, 2.0, actions.numel(), dtype=actions.dtype).view_as(actions)).sum().backward()
+    return actions.detach(), mean.grad.clone(), log_std.grad.clone(), "distribution" in dist.__dict__
+
+
+@pytest.mark.parametrize(("low", "high"), BOXES, ids=["unit_box", "box"])
+@pytest.mark.parametrize("dtype", [th.float32, th.float64])
+@pytest.mark.parametrize("shared_std", [True, False], ids=["state_independent", "state_dependent"])
+def test_fused_sample_draws_the_eager_actions_with_their_gradients(eager, low, high, dtype, shared_std):
+    mean, log_std, _ = _inputs(shared_std, dtype, low, high)
+    with th.no_grad():
+        log_std.clamp_(-8.0, 0.0)  # scales from exp(-8) (deep tails on both sides) to 1
+    *fused, fused_built = _sample_pass(mean, log_std, low, high)
+    eager()
+    *reference, reference_built = _sample_pass(mean, log_std, low, high)
+    assert not fused_built and reference_built
+    # Same levels, same float64 quantile: the same actions to the bit; the gradients differ by float32 rounding.
+    assert th.equal(fused[0], reference[0]) and fused[0].dtype == dtype
+    tolerance = dict(rtol=1e-5, atol=1e-5) if dtype == th.float32 else dict(rtol=1e-12, atol=1e-12)
+    for got, expected in zip(fused[1:], reference[1:], strict=True):
+        assert th.isfinite(got).all()
+        th.testing.assert_close(got, expected, **tolerance)
+    # Saturated means (row 0: 40 and -40) get no gradient through the location's clamp, on both paths.
+    assert fused[1][0, :2].abs().max() == reference[1][0, :2].abs().max() == 0.0
+
+
+def test_a_sample_from_era_pre_activations_or_without_gradient_takes_the_truncated_normal():
+    mean, pre_activation, _ = _inputs(True, th.float32, -1.0, 1.0)
+    *_, built = _sample_pass(mean, pre_activation, -1.0, 1.0, era=GaussianERA(DIM))
+    assert built
+    dist = TruncatedNormalDistribution(DIM).proba_distribution(mean.detach(), pre_activation.detach())
+    with th.no_grad():
+        dist.sample()
+    assert "distribution" in dist.__dict__
+
+
+@pytest.mark.parametrize("algo", [ERASAC, ERATQC, ERACrossQ], ids=["ERASAC", "ERATQC", "ERACrossQ"])
+def test_off_policy_training_with_the_fused_sample_ends_where_the_eager_path_does(eager, monkeypatch, algo):
+    node = distributions_module.TanhTruncatedSample
+    calls = []
+
+    class CountedNode:
+        @staticmethod
+        def apply(*args):
+            calls.append(1)
+            return node.apply(*args)
+
+    monkeypatch.setattr(distributions_module, "TanhTruncatedSample", CountedNode)
+
+    def parameters_after_learn() -> tuple[list[th.Tensor], int]:
+        calls.clear()
+        model = algo(
+            "MlpPolicy",
+            ReachTargetEnv(),
+            policy_kwargs=dict(net_arch=TINY_NET),
+            learning_starts=32,
+            batch_size=32,
+            seed=0,
+        ).learn(160)
         return [p.detach().clone() for p in model.policy.parameters()], len(calls)
 
     fused, fused_calls = parameters_after_learn()
