@@ -258,3 +258,21 @@ def test_off_policy_training_with_the_fused_sample_ends_where_the_eager_path_doe
     assert fused_calls > 0 and reference_calls == 0
     for got, expected in zip(fused, reference, strict=True):
         th.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("with_grad", ["mean", "log_std"])
+def test_fused_sample_differentiates_either_parameter_alone(eager, with_grad):
+    mean, log_std, _ = _inputs(False, th.float32, -1.0, 1.0)
+    params = dict(mean=mean.detach(), log_std=log_std.detach().clamp(-8.0, 0.0))
+    params[with_grad].requires_grad_(True)
+
+    def gradient() -> th.Tensor:
+        params[with_grad].grad = None
+        dist = TruncatedNormalDistribution(DIM).proba_distribution(params["mean"], params["log_std"])
+        th.manual_seed(3)
+        dist.sample().sum().backward()
+        return params[with_grad].grad.clone()
+
+    fused = gradient()
+    eager()
+    th.testing.assert_close(fused, gradient(), rtol=1e-5, atol=1e-5)
