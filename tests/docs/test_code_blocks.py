@@ -115,7 +115,11 @@ def test_bash_block(block: CodeBlock, tmp_path: Path) -> None:
     # checkout's.
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "python").symlink_to(sys.executable)
+    # A wrapper, not a symlink: a virtual environment's interpreter reached through a symlink in another folder
+    # finds no pyvenv.cfg beside it and runs as the base interpreter, without the environment's packages.
+    wrapper = bin_dir / "python"
+    wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    wrapper.chmod(0o755)
     env = dict(
         os.environ,
         PATH=os.pathsep.join([str(bin_dir), str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
