@@ -201,7 +201,8 @@ def _rows(
     ]
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line's options (``benchmarks/speed_goals.py`` reads their defaults)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--env", default="HalfCheetah-v5")
     parser.add_argument("--net-arch", type=int, nargs="+", default=[256, 256], help="SAC networks")
@@ -229,7 +230,11 @@ def main() -> None:
         "--groups", nargs="+", choices=GROUPS, default=list(GROUPS), help="which comparisons to run"
     )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/sb3_throughput.json"))
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     th.set_num_threads(args.threads)
     if args.clock == "auto":
         args.clock = "cpu" if args.device == "cpu" else "wall"

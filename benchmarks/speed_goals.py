@@ -1,0 +1,251 @@
+"""Issue 9's speed goals against the committed measurements: ERA's ratio to its host library, before and now.
+
+Reads the committed result files of ``benchmarks/sb3_throughput.py`` and ``benchmarks/trl_step.py`` named in
+:data:`GOALS` and renders one Markdown table (each goal, the ratio measured before issue 9 where a file holds
+one, the latest committed ratio, whether it meets the goal) and the commands that rewrite those files. The
+table lives in README.md between the ``speed-goals`` snippet markers (the results page includes it);
+``tests/docs/test_speed_goals.py`` fails when it differs from what this script renders, so a new measurement
+reaches the README by rerunning this script, not by hand::
+
+    python benchmarks/speed_goals.py            # print the table
+    python benchmarks/speed_goals.py --write    # rewrite README.md's copy
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+REPOSITORY = Path(__file__).resolve().parent.parent
+RESULTS = REPOSITORY / "benchmarks" / "results"
+README = REPOSITORY / "README.md"
+START, END = "<!-- --8<-- [start:speed-goals] -->", "<!-- --8<-- [end:speed-goals] -->"
+
+
+@dataclass(frozen=True)
+class Goal:
+    """One row of issue 9's table.
+
+    :param path: what is compared, as the issue names it.
+    :param at_least: the goal is ``ratio >= goal`` (throughput), else ``ratio <= goal`` (time or memory).
+    :param goal: the goal's ratio.
+    :param now: the result files of the latest measurement (several: one run each).
+    :param key: the row in those files: an ``sb3_throughput`` model name, or a ``trl_step`` mode and its
+        ratio (``"era-half:time_ratio"``); ``"*:peak_ratio"`` takes the largest over the ERA modes.
+    :param before: the file measured before issue 9's work, if one was committed.
+    """
+
+    path: str
+    at_least: bool
+    goal: float
+    now: tuple[str, ...]
+    key: str
+    before: str | None = None
+
+
+GOALS = (
+    Goal(
+        "SAC-ERA, truncated normal: gradient steps/s vs SAC (`auto`), CPU",
+        True,
+        0.98,
+        (
+            "sb3_throughput-cpu-quiet-sac-fine-587f55d-301.json",
+            "sb3_throughput-cpu-quiet-sac-fine-587f55d-301-run2.json",
+        ),
+        "SAC-ERA (truncated)",
+        "sb3_throughput_h200-cpu.json",
+    ),
+    Goal(
+        "SAC-ERA, tanh: gradient steps/s vs SAC (`auto`), CPU",
+        True,
+        0.98,
+        (
+            "sb3_throughput-cpu-quiet-sac-fine-587f55d-301.json",
+            "sb3_throughput-cpu-quiet-sac-fine-587f55d-301-run2.json",
+        ),
+        "SAC-ERA (tanh)",
+        "sb3_throughput_h200-cpu.json",
+    ),
+    Goal(
+        "SAC-ERA, truncated: whole `learn()` env steps/s vs SAC on Hopper-v5, CPU",
+        True,
+        0.98,
+        ("sb3_throughput-cpu-quiet-sac-learn-587f55d.json",),
+        "SAC-ERA learn() (truncated)",
+    ),
+    Goal(
+        "PPO-ERA, truncated normal: `learn()` env steps/s vs PPO, CPU",
+        True,
+        0.95,
+        ("sb3_throughput-cpu-quiet-ppo-f9d18b9-61.json",),
+        "PPO-ERA (truncated)",
+        "sb3_throughput_h200-cpu.json",
+    ),
+    Goal(
+        "PPO-ERA, tanh: `learn()` env steps/s vs PPO, CPU",
+        True,
+        0.95,
+        ("sb3_throughput-cpu-quiet-ppo-f9d18b9-61.json",),
+        "PPO-ERA (tanh)",
+        "sb3_throughput_h200-cpu.json",
+    ),
+    Goal(
+        "SAC-ERA, truncated normal: gradient steps/s vs SAC (`auto`), CUDA (H200)",
+        True,
+        0.95,
+        ("sb3_throughput_h200-cuda-e753914.json",),
+        "SAC-ERA (truncated)",
+        "sb3_throughput_h200-cuda.json",
+    ),
+    Goal(
+        "TRL ERA, half the responses rescaled: loss-step time vs `GRPOTrainer`, CPU",
+        False,
+        1.05,
+        ("trl_step-small-cpu.json",),
+        "era-half:time_ratio",
+        "trl_step-small-cpu-e7802e5.json",
+    ),
+    Goal(
+        "TRL ERA, half the responses rescaled: loss-step time vs `GRPOTrainer`, CUDA (H200)",
+        False,
+        1.05,
+        ("trl_step-qwen2-0.5b-cuda-1024-row-runs.json",),
+        "era-half:time_ratio",
+        "trl_step-qwen2-0.5b-cuda.json",
+    ),
+    Goal(
+        "TRL ERA: peak memory vs `GRPOTrainer` (largest over the modes), CPU",
+        False,
+        1.02,
+        ("trl_step-small-cpu.json",),
+        "*:peak_ratio",
+        "trl_step-small-cpu-e7802e5.json",
+    ),
+    Goal(
+        "TRL ERA: peak memory vs `GRPOTrainer` (largest over the modes), CUDA (H200)",
+        False,
+        1.02,
+        ("trl_step-qwen2-0.5b-cuda-1024-row-runs.json",),
+        "*:peak_ratio",
+        "trl_step-qwen2-0.5b-cuda.json",
+    ),
+)
+
+
+def _load(name: str) -> dict:
+    return json.loads((RESULTS / name).read_text())
+
+
+def ratios(name: str, key: str) -> tuple[float, ...]:
+    """The ratios a result file holds for ``key``: ``(ratio of medians, median paired ratio)`` for an
+    ``sb3_throughput`` model (the second only where the file records it), ``(ratio,)`` for a ``trl_step`` mode.
+    """
+    record = _load(name)
+    if "command" in record:  # trl_step
+        mode, _, field = key.partition(":")
+        values = [row[field] for row in record["results"] if mode in ("*", row["mode"])]
+        if not values:
+            raise KeyError(f"{name} has no mode {mode!r}")
+        return (max(values),)
+    for row in record["results"]:
+        if row["model"] == key:
+            paired = row.get("paired_ratio_median")
+            return (row["ratio_vs_baseline"],) if paired is None else (row["ratio_vs_baseline"], paired)
+    raise KeyError(f"{name} has no model {key!r}")
+
+
+def command(name: str) -> str:
+    """The command that rewrites result file ``name``: its recorded options (those away from the defaults) and
+    ``--out`` the file itself."""
+    record = _load(name)
+    out = f"benchmarks/results/{name}"
+    if "command" in record:  # trl_step records its command line
+        words = shlex.split(record["command"])
+        if "--out" in words:
+            del words[words.index("--out") : words.index("--out") + 2]
+        return f"PYTHONPATH=. {shlex.join(words)} --out {out}"
+    from benchmarks.sb3_throughput import build_parser
+
+    defaults = vars(build_parser().parse_args([]))
+    config = dict(record["config"])
+    if config.get("clock") == ("cpu" if config.get("device", "cpu") == "cpu" else "wall"):
+        config["clock"] = "auto"
+    words = ["python", "benchmarks/sb3_throughput.py"]
+    for option, value in config.items():
+        if option == "out" or value == defaults.get(option):
+            continue
+        words += [f"--{option.replace('_', '-')}", *map(str, value if isinstance(value, list) else [value])]
+    return f"PYTHONPATH=. {shlex.join(words)} --out {out}"
+
+
+def _decisive(value: float, goal: float) -> str:
+    """``value`` to 3 decimals, or to 4 where 3 would round it onto the goal and hide which side it is on."""
+    return f"{value:.4f}" if f"{value:.3f}" == f"{goal:.3f}" else f"{value:.3f}"
+
+
+def render() -> str:
+    """The table and its commands, as Markdown."""
+    lines = [
+        "| issue 9's path: ratio ERA / baseline, interleaved in one run | goal | before issue 9 "
+        "| now: ratio of medians / median paired | met |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    files: list[str] = []
+    for goal in GOALS:
+        now = [ratios(name, goal.key) for name in goal.now]
+        met = all(
+            (value >= goal.goal) if goal.at_least else (value <= goal.goal) for run in now for value in run
+        )
+        before = "not measured" if goal.before is None else f"{ratios(goal.before, goal.key)[0]:.3f}"
+        now_text = "; ".join(" / ".join(_decisive(value, goal.goal) for value in run) for run in now)
+        sign = ">=" if goal.at_least else "<="
+        lines.append(
+            f"| {goal.path} | {sign} {goal.goal:.2f} | {before} | {now_text} | {'yes' if met else '**no**'} |"
+        )
+        files += [name for name in (goal.before, *goal.now) if name is not None and name not in files]
+    lines += [
+        "",
+        "A throughput ratio above 1 means ERA runs faster than its host; a time or memory ratio above 1, that it "
+        "costs more. \"before issue 9\": measured on the H200 host's CPU and GPU (SB3) and on this project's "
+        '2-core machine (TRL on the CPU); "now": the latest committed measurement, one value or pair per run; '
+        '"met": every value of every run on the goal\'s side. The commands that rewrite the files (then '
+        "`python benchmarks/speed_goals.py --write` rewrites this table):",
+        "",
+        '```bash skip="benchmarks: minutes to an hour each; the CUDA ones need a GPU"',
+        *(command(name) for name in files),
+        "```",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _block(text: str) -> re.Match:
+    match = re.search(re.escape(START) + r"\n(.*?)" + re.escape(END), text, re.DOTALL)
+    if match is None:
+        raise ValueError(f"README.md has no {START} ... {END} block")
+    return match
+
+
+def readme_block(text: str) -> str:
+    """What README.md holds between the ``speed-goals`` markers."""
+    return _block(text).group(1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--write", action="store_true", help="rewrite README.md's copy of the table")
+    args = parser.parse_args()
+    table = render()
+    print(table, end="")
+    if args.write:
+        text = README.read_text()
+        start, end = _block(text).span(1)
+        README.write_text(text[:start] + table + text[end:])
+        print(f"wrote {README}")
+
+
+if __name__ == "__main__":
+    main()
