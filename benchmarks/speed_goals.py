@@ -7,8 +7,8 @@ table lives in README.md between the ``speed-goals`` snippet markers (the result
 ``tests/docs/test_speed_goals.py`` fails when it differs from what this script renders, so a new measurement
 reaches the README by rerunning this script, not by hand::
 
-    python benchmarks/speed_goals.py            # print the table
-    python benchmarks/speed_goals.py --write    # rewrite README.md's copy
+    PYTHONPATH=. python benchmarks/speed_goals.py            # print the table
+    PYTHONPATH=. python benchmarks/speed_goals.py --write    # rewrite README.md's copy
 """
 
 from __future__ import annotations
@@ -17,8 +17,11 @@ import argparse
 import json
 import re
 import shlex
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
+
+from benchmarks.sb3_throughput import build_parser
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 RESULTS = REPOSITORY / "benchmarks" / "results"
@@ -168,8 +171,6 @@ def command(name: str) -> str:
         if "--out" in words:
             del words[words.index("--out") : words.index("--out") + 2]
         return f"PYTHONPATH=. {shlex.join(words)} --out {out}"
-    from benchmarks.sb3_throughput import build_parser
-
     defaults = vars(build_parser().parse_args([]))
     config = dict(record["config"])
     if config.get("clock") == ("cpu" if config.get("device", "cpu") == "cpu" else "wall"):
@@ -207,13 +208,16 @@ def render() -> str:
             f"| {goal.path} | {sign} {goal.goal:.2f} | {before} | {now_text} | {'yes' if met else '**no**'} |"
         )
         files += [name for name in (goal.before, *goal.now) if name is not None and name not in files]
-    lines += [
-        "",
+    note = (
         "A throughput ratio above 1 means ERA runs faster than its host; a time or memory ratio above 1, that it "
         "costs more. \"before issue 9\": measured on the H200 host's CPU and GPU (SB3) and on this project's "
         '2-core machine (TRL on the CPU); "now": the latest committed measurement, one value or pair per run; '
         '"met": every value of every run on the goal\'s side. The commands that rewrite the files (then '
-        "`python benchmarks/speed_goals.py --write` rewrites this table):",
+        "`PYTHONPATH=. python benchmarks/speed_goals.py --write` rewrites this table):"
+    )
+    lines += [
+        "",
+        *textwrap.wrap(note, width=110, break_on_hyphens=False),
         "",
         '```bash skip="benchmarks: minutes to an hour each; the CUDA ones need a GPU"',
         *(command(name) for name in files),

@@ -14,7 +14,7 @@ from benchmarks.sb3_throughput import build_parser
 
 def test_the_readme_table_is_the_rendered_one():
     """A result file that moved, or a README edited by hand, fails here until
-    ``python benchmarks/speed_goals.py --write`` is rerun."""
+    ``PYTHONPATH=. python benchmarks/speed_goals.py --write`` is rerun."""
     assert speed_goals.readme_block(speed_goals.README.read_text()) == speed_goals.render()
 
 
