@@ -176,9 +176,10 @@ def main() -> None:
         f"{args.env}, {args.ppo_steps}-step rollouts, {args.repeats} repeats; process CPU time, 1 thread, medians [us]"
     )
     print(f"{'part':40s}" + "".join(f"{name:>22s}" for name in MODELS) + f"{'truncated - PPO':>18s}")
-    for row in rows:
-        values = row["us"]
-        label = row["part"] if row["part"].startswith(" ") else f"{row['part']} ({unit[row['section']]})"
+    for entry in rows:
+        values = entry["us"]
+        label = entry["part"]
+        label = label if label.startswith(" ") else f"{label} ({unit[entry['section']]})"
         cells = "".join(f"{'':>22s}" if v is None else f"{v:22.1f}" for v in values.values())
         difference = (
             f"{values['PPO-ERA (truncated)'] - values['PPO']:+18.1f}" if values["PPO"] is not None else ""
