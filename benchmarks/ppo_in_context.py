@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -39,7 +38,7 @@ from stable_baselines3.common.logger import Logger
 
 from era_core import truncated_normal
 from sb3_era import ERAPPO, TruncatedNormalDistribution, fused_log_prob
-from sb3_era.versions import package_versions
+from sb3_era.versions import cpu_model, package_versions
 
 MODELS = ("PPO", "PPO-ERA (truncated)", "PPO-ERA (tanh)")
 ROLLOUT_PARTS = ("policy forward", "env step")
@@ -188,7 +187,7 @@ def main() -> None:
 
     record = dict(
         config={key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()},
-        machine=dict(processor=platform.processor() or platform.machine(), torch_threads=1),
+        machine=dict(processor=cpu_model(), torch_threads=1),
         versions=package_versions(("era-rl", "stable-baselines3", "torch", "numpy", "scipy", "mujoco")),
         median_us=rows,
     )

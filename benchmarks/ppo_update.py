@@ -26,7 +26,7 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.logger import Logger
 
 from sb3_era import ERAPPO
-from sb3_era.versions import package_versions
+from sb3_era.versions import cpu_model, package_versions
 
 BASELINE = "PPO"
 
@@ -78,7 +78,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     record = {
         "config": {key: str(value) for key, value in vars(args).items()},
-        "machine": {"platform": platform.platform(), "processor": platform.processor()},
+        "machine": {"platform": platform.platform(), "processor": cpu_model()},
         "versions": package_versions(("era-rl", "torch", "numpy", "scipy", "stable-baselines3")),
         "minibatches_per_train": minibatches,
         "median_s": median,

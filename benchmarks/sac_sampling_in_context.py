@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -32,7 +31,7 @@ from benchmarks.sb3_throughput import _fill_replay_buffer
 from era_core import truncated_normal
 from sb3_era import ERASAC, fused_log_prob
 from sb3_era.off_policy import ERAActorMixin
-from sb3_era.versions import package_versions
+from sb3_era.versions import cpu_model, package_versions
 
 FORMULAS = ("_sample_and_log_prob_in_interval", "_reparameterized_sample_in_interval")
 DISTRIBUTIONS = ("tanh", "truncated")
@@ -146,7 +145,7 @@ def main() -> None:
 
     record = dict(
         config={key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()},
-        machine=dict(processor=platform.processor() or platform.machine(), torch_threads=1),
+        machine=dict(processor=cpu_model(), torch_threads=1),
         versions=package_versions(("era-rl", "stable-baselines3", "torch", "numpy", "scipy")),
         ms_per_gradient_step=step_ms,
         rows=rows,

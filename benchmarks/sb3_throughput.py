@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -43,7 +42,7 @@ from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 
 from sb3_era import ERAPPO, ERASAC
-from sb3_era.versions import package_versions
+from sb3_era.versions import cpu_model, package_versions
 
 OFF_POLICY_BASELINE = "SAC (ent_coef=auto)"
 OFF_POLICY_CONTROL = "SAC (ent_coef=0)"
@@ -333,7 +332,7 @@ def main() -> None:
         "results": rows,
         "versions": package_versions(VERSIONED_PACKAGES),
         "machine": {
-            "processor": platform.processor() or platform.machine(),
+            "processor": cpu_model(),
             "torch_threads": th.get_num_threads(),
         },
     }

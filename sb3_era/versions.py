@@ -20,3 +20,17 @@ def package_versions(packages: Iterable[str]) -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             versions[package] = "not installed"
     return versions
+
+
+def cpu_model() -> str:
+    """The CPU's model name as the operating system reports it (``/proc/cpuinfo`` on Linux), else what
+    :func:`platform.processor` or :func:`platform.machine` says; recorded beside timings, whose ratios differ
+    from one CPU to another."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
