@@ -50,15 +50,15 @@ class Goal:
     before: str | None = None
 
 
+SAC_GRADIENT_STEP_RUNS = tuple(
+    f"sb3_throughput-cpu-quiet-sac-fine-b43e5cf-301{run}.json" for run in ("", "-run2", "-run3", "-run4")
+)
 GOALS = (
     Goal(
         "SAC-ERA, truncated normal: gradient steps/s vs SAC (`auto`), CPU",
         True,
         0.98,
-        (
-            "sb3_throughput-cpu-quiet-sac-fine-587f55d-301.json",
-            "sb3_throughput-cpu-quiet-sac-fine-587f55d-301-run2.json",
-        ),
+        SAC_GRADIENT_STEP_RUNS,
         "SAC-ERA (truncated)",
         "sb3_throughput_h200-cpu.json",
     ),
@@ -66,10 +66,7 @@ GOALS = (
         "SAC-ERA, tanh: gradient steps/s vs SAC (`auto`), CPU",
         True,
         0.98,
-        (
-            "sb3_throughput-cpu-quiet-sac-fine-587f55d-301.json",
-            "sb3_throughput-cpu-quiet-sac-fine-587f55d-301-run2.json",
-        ),
+        SAC_GRADIENT_STEP_RUNS,
         "SAC-ERA (tanh)",
         "sb3_throughput_h200-cpu.json",
     ),
@@ -77,7 +74,7 @@ GOALS = (
         "SAC-ERA, truncated: whole `learn()` env steps/s vs SAC on Hopper-v5, CPU",
         True,
         0.98,
-        ("sb3_throughput-cpu-quiet-sac-learn-587f55d.json",),
+        ("sb3_throughput-cpu-quiet-sac-learn-b43e5cf.json",),
         "SAC-ERA learn() (truncated)",
     ),
     Goal(
