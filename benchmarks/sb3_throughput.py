@@ -200,6 +200,11 @@ def _rows(
     ]
 
 
+def auto_clock(device: str) -> str:
+    """What ``--clock auto`` times on ``device``: the process's CPU time on a CPU, the wall clock elsewhere."""
+    return "cpu" if device == "cpu" else "wall"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line's options (``benchmarks/speed_goals.py`` reads their defaults)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -236,7 +241,7 @@ def main() -> None:
     args = build_parser().parse_args()
     th.set_num_threads(args.threads)
     if args.clock == "auto":
-        args.clock = "cpu" if args.device == "cpu" else "wall"
+        args.clock = auto_clock(args.device)
     clock = CLOCKS[args.clock]
 
     rows = []

@@ -14,6 +14,7 @@ reaches the README by rerunning this script, not by hand::
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import re
 import shlex
@@ -21,11 +22,12 @@ import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.sb3_throughput import build_parser
+from benchmarks.sb3_throughput import auto_clock, build_parser
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 RESULTS = REPOSITORY / "benchmarks" / "results"
 README = REPOSITORY / "README.md"
+TRL_BASELINE = "grpo"  # trl_step's mode that the ERA modes' ratios are taken against
 START, END = "<!-- --8<-- [start:speed-goals] -->", "<!-- --8<-- [end:speed-goals] -->"
 
 
@@ -136,6 +138,7 @@ GOALS = (
 )
 
 
+@functools.cache
 def _load(name: str) -> dict:
     return json.loads((RESULTS / name).read_text())
 
@@ -147,7 +150,11 @@ def ratios(name: str, key: str) -> tuple[float, ...]:
     record = _load(name)
     if "command" in record:  # trl_step
         mode, _, field = key.partition(":")
-        values = [row[field] for row in record["results"] if mode in ("*", row["mode"])]
+        values = [
+            row[field]
+            for row in record["results"]
+            if mode in ("*", row["mode"]) and row["mode"] != TRL_BASELINE
+        ]
         if not values:
             raise KeyError(f"{name} has no mode {mode!r}")
         return (max(values),)
@@ -170,7 +177,7 @@ def command(name: str) -> str:
         return f"PYTHONPATH=. {shlex.join(words)} --out {out}"
     defaults = vars(build_parser().parse_args([]))
     config = dict(record["config"])
-    if config.get("clock") == ("cpu" if config.get("device", "cpu") == "cpu" else "wall"):
+    if config.get("clock") == auto_clock(config.get("device", "cpu")):
         config["clock"] = "auto"
     words = ["python", "benchmarks/sb3_throughput.py"]
     for option, value in config.items():

@@ -9,7 +9,7 @@ import shlex
 import pytest
 
 from benchmarks import speed_goals
-from benchmarks.sb3_throughput import build_parser
+from benchmarks.sb3_throughput import auto_clock, build_parser
 
 
 def test_the_readme_table_is_the_rendered_one():
@@ -32,11 +32,7 @@ def test_an_sb3_command_reproduces_the_recorded_options(name: str):
     for option, value in config.items():
         if option == "out":
             continue
-        expected = (
-            "auto"
-            if option == "clock" and value == ("cpu" if config["device"] == "cpu" else "wall")
-            else value
-        )
+        expected = "auto" if option == "clock" and value == auto_clock(config["device"]) else value
         assert args[option] == expected, option
 
 
@@ -45,7 +41,7 @@ def test_a_trl_command_is_the_recorded_one_writing_the_file_itself(name: str):
     recorded = shlex.split(json.loads((speed_goals.RESULTS / name).read_text())["command"])
     words = shlex.split(speed_goals.command(name))
     assert words[-2:] == ["--out", f"benchmarks/results/{name}"]
-    assert [w for w in words[1:-2]] == [
+    assert words[1:-2] == [
         w for i, w in enumerate(recorded) if w != "--out" and (i == 0 or recorded[i - 1] != "--out")
     ]
 
