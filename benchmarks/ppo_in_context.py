@@ -36,8 +36,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import CallbackList
 from stable_baselines3.common.logger import Logger
 
-from era_core import truncated_normal
-from sb3_era import ERAPPO, TruncatedNormalDistribution, fused_log_prob
+from sb3_era import ERAPPO, TruncatedNormalDistribution, distributions, fused_log_prob
 from sb3_era.versions import cpu_model, package_versions
 
 MODELS = ("PPO", "PPO-ERA (truncated)", "PPO-ERA (tanh)")
@@ -46,7 +45,7 @@ UPDATE_PARTS = ("evaluate_actions", "backward", "optimizer step")
 # The truncated normal's own calls: (the part they run in, label, owner, attribute).
 NODE = fused_log_prob.TanhTruncatedLogProbAndEntropy
 TRUNCATED_CALLS = (
-    ("policy forward", "  float64 sample formula", truncated_normal, "_sample_and_log_prob_in_interval"),
+    ("policy forward", "  float64 sample formula", distributions, "_sample_in_interval"),
     (
         "evaluate_actions",
         "  distribution, parameter check",

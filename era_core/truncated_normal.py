@@ -218,10 +218,21 @@ def _sample_and_log_prob_in_interval(ops, loc, scale, center: float, half_width:
     quantile ``z`` it is made of: ``-z^2 / 2 - ln(2 pi) / 2 - ln(scale) - ln(Z)``. Written once for any array
     library whose functions ``ops`` names (:class:`_TorchOps`, :func:`_scipy_ops`); without gradient.
     """
+    x, z, log_z = _sample_in_interval(ops, loc, scale, center, half_width, u)
+    return x, _log_prob_of_sample(ops, z, scale, log_z)
+
+
+def _sample_in_interval(ops, loc, scale, center: float, half_width: float, u):
+    """``(x, z, ln Z)``: :func:`_sample_and_log_prob_in_interval`'s sample, and what its log-density is read off
+    (:func:`_log_prob_of_sample`), for callers that may never need it."""
     z, log_z = _standardized_sample_in_interval(ops, loc, scale, center, half_width, u)
-    x = ops.clip(loc + scale * z, center - half_width, center + half_width)
-    log_prob = -(0.5 * z * z + (_HALF_LOG_2PI + ops.log(scale) + log_z))
-    return x, log_prob
+    return ops.clip(loc + scale * z, center - half_width, center + half_width), z, log_z
+
+
+def _log_prob_of_sample(ops, z, scale, log_z):
+    """The log-density at the sample ``loc + scale * z`` of :func:`_sample_in_interval`:
+    ``-z^2 / 2 - ln(2 pi) / 2 - ln(scale) - ln(Z)``."""
+    return -(0.5 * z * z + (_HALF_LOG_2PI + ops.log(scale) + log_z))
 
 
 def _standardized_sample_in_interval(ops, loc, scale, center: float, half_width: float, u):

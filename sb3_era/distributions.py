@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import TypeVar
 
 import numpy as np
@@ -15,7 +16,7 @@ from stable_baselines3.common.distributions import (
 from torch.distributions import Normal
 
 from era_core import GaussianERA, TruncatedNormal
-from era_core.truncated_normal import uniform_levels
+from era_core.truncated_normal import _array_ops, _log_prob_of_sample, _sample_in_interval, uniform_levels
 from sb3_era.fused_log_prob import (
     TanhTruncatedLogProbAndEntropy,
     TanhTruncatedSample,
@@ -71,8 +72,9 @@ class TruncatedNormalDistribution(DiagGaussianDistribution):
         self.is_unit_box = bool(np.all(low_arr == -1.0) and np.all(high_arr == 1.0))
         # log|det| of the map from the unit box to [low, high]; subtract it to get unit-box entropies.
         self.log_scale_correction = float(np.log((high_arr - low_arr) / 2.0).sum())
-        # (actions, their version counter, log-probability) of the last sample drawn without gradient.
-        self._sampled: tuple[th.Tensor, int, th.Tensor] | None = None
+        # (actions, their version counter, log-probability) of the last sample drawn without gradient; the
+        # log-probability may be a function computing it on its first read (SAC never reads it).
+        self._sampled: tuple[th.Tensor, int, th.Tensor | Callable[[], th.Tensor]] | None = None
         # The entropy (summed, in env units) computed beside the last log-probability with gradient.
         self._entropy: th.Tensor | None = None
         # The parameters of the last proba_distribution, whether it ran with gradient, and whether its training
@@ -92,7 +94,8 @@ class TruncatedNormalDistribution(DiagGaussianDistribution):
         A training pass (with gradient) on the CPU defers building :attr:`distribution`: its
         :meth:`log_prob` and :meth:`entropy` come from one autograd node on the parameters, ERA's activation
         included, and so does a :meth:`sample` (:mod:`sb3_era.fused_log_prob`); the truncated normal is built only
-        if something else reads it. The parameters are checked here either way.
+        if something else reads it. The parameters are checked here either way. A rollout (no gradient) checks
+        nothing and builds it only if something reads it (on the CPU, its :meth:`sample` does not).
 
         :param mean_actions: Unbounded means ``mu``; the location in the unit box is ``tanh(mu)``.
         :param log_std: Log-stds in the unit box (broadcast against ``mean_actions``), or with ``log_std_era``
@@ -118,7 +121,7 @@ class TruncatedNormalDistribution(DiagGaussianDistribution):
             and fusable(mean_actions, log_std)
             and (not validate or valid_parameters(mean_actions, log_std))
         )
-        if not self._fused:
+        if validate and not self._fused:
             self.distribution  # noqa: B018 (built now, so invalid parameters raise torch's own error)
         return self
 
@@ -155,7 +158,9 @@ class TruncatedNormalDistribution(DiagGaussianDistribution):
             and actions._version == sampled[1]
             and not th.is_grad_enabled()
         ):
-            return sampled[2]
+            if not isinstance(sampled[2], th.Tensor):
+                self._sampled = (*sampled[:2], sampled[2]())
+            return self._sampled[2]
         unit = self._to_unit_box(actions)
         if not th.is_grad_enabled():
             return sum_independent_dims(self.distribution.log_prob(unit)) - self.log_scale_correction
@@ -186,13 +191,16 @@ class TruncatedNormalDistribution(DiagGaussianDistribution):
         """
         Draw actions; with gradient a reparameterised sample (in a training pass on the CPU, one autograd node
         from the mean and the log-std: :class:`~sb3_era.fused_log_prob.TanhTruncatedSample`), without (a rollout)
-        one pass that also computes their log-probability, returned by the next ``log_prob`` of these very actions
-        (left unmodified).
+        one pass whose log-probability is returned by the next ``log_prob`` of these very actions (left
+        unmodified). On the CPU that pass runs from the parameters, without building :attr:`distribution`, and
+        leaves the log-probability to be computed by that ``log_prob`` (SAC's rollouts and critic target never
+        read it); the same draws give the same actions and log-probabilities as
+        :meth:`era_core.TruncatedNormal.sample_and_log_prob`.
 
         :return: Actions in the environment's units
         """
+        mean_actions, log_std, log_std_era = self._params
         if th.is_grad_enabled():
-            mean_actions, log_std, log_std_era = self._params
             if self._fused and log_std_era is None:
                 unit = TanhTruncatedSample.apply(
                     mean_actions, log_std, uniform_levels(mean_actions.shape, mean_actions)
@@ -200,9 +208,28 @@ class TruncatedNormalDistribution(DiagGaussianDistribution):
             else:
                 unit = self.distribution.rsample()
             return self._from_unit_box(unit)
-        unit, unit_log_prob = self.distribution.sample_and_log_prob()
-        actions = self._from_unit_box(unit)
-        log_prob = sum_independent_dims(unit_log_prob) - self.log_scale_correction
+        if not fusable(mean_actions, log_std):
+            unit, unit_log_prob = self.distribution.sample_and_log_prob()
+            actions = self._from_unit_box(unit)
+            log_prob = sum_independent_dims(unit_log_prob) - self.log_scale_correction
+            self._sampled = (actions, actions._version, log_prob)
+            return actions
+        # TruncatedNormal.sample_and_log_prob's draws and formulas, on the location and scale of distribution.
+        ops = _array_ops(mean_actions)
+        u = th.rand(mean_actions.shape, dtype=mean_actions.dtype).numpy()
+        loc = tanh_location(mean_actions).numpy()
+        scale = (log_std if log_std_era is None else log_std_era(log_std)).exp().numpy()
+        dtype, eps = loc.dtype, float(np.finfo(loc.dtype).eps)
+        scale = np.broadcast_to(scale.astype("float64"), loc.shape)
+        u = ops.clip(u.astype("float64"), eps, 1.0 - eps)
+        unit, z, log_z = _sample_in_interval(ops, loc.astype("float64"), scale, 0.0, 1.0, u)
+        actions = self._from_unit_box(ops.to_tensor(unit, dtype))
+        correction = self.log_scale_correction
+
+        def log_prob() -> th.Tensor:
+            unit_log_prob = ops.to_tensor(_log_prob_of_sample(ops, z, scale, log_z), dtype)
+            return sum_independent_dims(unit_log_prob) - correction
+
         self._sampled = (actions, actions._version, log_prob)
         return actions
 

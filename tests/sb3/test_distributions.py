@@ -9,7 +9,7 @@ import pytest
 import torch as th
 from stable_baselines3.common.distributions import SquashedDiagGaussianDistribution
 
-from era_core import TruncatedNormal
+from era_core import GaussianERA, TruncatedNormal
 from sb3_era import TruncatedNormalDistribution
 from sb3_era.distributions import RolloutSquashedDiagGaussianDistribution
 
@@ -95,6 +95,26 @@ def test_rollout_sample_returns_the_log_prob_of_its_actions(low, high):
     with th.no_grad():
         actions = dist.sample()
     assert dist.log_prob(actions).requires_grad
+
+
+@pytest.mark.parametrize("era", [False, True], ids=["log-std", "era-pre-activation"])
+@pytest.mark.parametrize(
+    ("low", "high"), [(-1.0, 1.0), (np.array([-2.0, 0.0, -0.4]), np.array([2.0, 1.0, 0.4]))]
+)
+def test_rollout_sample_is_era_cores_sample_and_log_prob_bit_for_bit(low, high, era):
+    # The CPU rollout runs from the parameters, without building the truncated normal: same draws, same numbers.
+    mean, log_std = _params()
+    dist = TruncatedNormalDistribution(3, low, high)
+    with th.no_grad():
+        dist.proba_distribution(mean, log_std, log_std_era=GaussianERA(3) if era else None)
+        th.manual_seed(0)
+        actions = dist.sample()
+        assert "distribution" not in dist.__dict__
+        log_prob = dist.log_prob(actions)
+        th.manual_seed(0)
+        unit, unit_log_prob = dist.distribution.sample_and_log_prob()
+    assert th.equal(actions, dist._from_unit_box(unit))
+    assert th.equal(log_prob, unit_log_prob.sum(-1) - dist.log_scale_correction)
 
 
 def test_monte_carlo_entropy_agrees_with_the_closed_form():

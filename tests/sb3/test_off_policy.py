@@ -27,6 +27,7 @@ from sb3_era import (
     ERATQCMultiInputPolicy,
     ERATQCPolicy,
     TruncatedNormalDistribution,
+    distributions,
 )
 
 OFF_POLICY = [ERASAC, ERATQC, ERACrossQ]
@@ -272,6 +273,25 @@ def test_skipping_the_unread_log_probs_changes_no_gradient(algo, action_distribu
     assert len(fast) == len(reference)
     for got, expected in zip(fast, reference, strict=True):
         assert th.equal(got, expected)
+
+
+@pytest.mark.filterwarnings("ignore:ent_coef=")
+@pytest.mark.parametrize(
+    ("kwargs", "reads_log_probs"),
+    [(dict(), False), (dict(ent_coef="auto"), True)],
+    ids=["era-default", "learned-temperature"],
+)
+def test_sampling_without_gradient_computes_the_log_probs_only_where_they_are_read(
+    kwargs, reads_log_probs, monkeypatch
+):
+    # SAC's rollouts never read their actions' log-probabilities; its critic target multiplies them by ent_coef.
+    calls = []
+    original = distributions._log_prob_of_sample
+    monkeypatch.setattr(distributions, "_log_prob_of_sample", lambda *a: calls.append(1) or original(*a))
+    model = _train(ERASAC, ReachTargetEnv(), steps=80, **kwargs)
+    # 64 steps of random actions, then 16 from the policy, each followed by a gradient step.
+    assert isinstance(model.actor.action_dist, TruncatedNormalDistribution)
+    assert len(calls) == (16 if reads_log_probs else 0)
 
 
 @pytest.mark.filterwarnings("ignore:ent_coef=")
