@@ -194,8 +194,8 @@ class TruncatedNormalDistribution(DiagGaussianDistribution):
         one pass whose log-probability is returned by the next ``log_prob`` of these very actions (left
         unmodified). On the CPU that pass runs from the parameters, without building :attr:`distribution`, and
         leaves the log-probability to be computed by that ``log_prob`` (SAC's rollouts and critic target never
-        read it); the same draws give the same actions and log-probabilities as
-        :meth:`era_core.TruncatedNormal.sample_and_log_prob`.
+        read it); the same draws give the same actions as :meth:`era_core.TruncatedNormal.sample_and_log_prob`,
+        and its log-probabilities summed in float64.
 
         :return: Actions in the environment's units
         """
@@ -227,8 +227,8 @@ class TruncatedNormalDistribution(DiagGaussianDistribution):
         correction = self.log_scale_correction
 
         def log_prob() -> th.Tensor:
-            unit_log_prob = ops.to_tensor(_log_prob_of_sample(ops, z, scale, log_z), dtype)
-            return sum_independent_dims(unit_log_prob) - correction
+            # Summed in float64 and rounded once, as the training pass's fused node does.
+            return ops.to_tensor(_log_prob_of_sample(ops, z, scale, log_z).sum(-1) - correction, dtype)
 
         self._sampled = (actions, actions._version, log_prob)
         return actions
