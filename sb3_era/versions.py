@@ -23,14 +23,25 @@ def package_versions(packages: Iterable[str]) -> dict[str, str]:
 
 
 def cpu_model() -> str:
-    """The CPU's model name as the operating system reports it (``/proc/cpuinfo`` on Linux), else what
+    """The CPU's model name as the operating system reports it (``/proc/cpuinfo`` on Linux, with its family and
+    model numbers, which tell apart CPUs reported under one generic name such as ``AMD EPYC``), else what
     :func:`platform.processor` or :func:`platform.machine` says; recorded beside timings, whose ratios differ
     from one CPU to another."""
+    fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as cpuinfo:
             for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.partition(":")[2].strip()
+                key, _, value = (part.strip() for part in line.partition(":"))
+                if not key:  # the first processor's block ends
+                    break
+                fields.setdefault(key, value)
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    if "model name" not in fields:
+        return platform.processor() or platform.machine()
+    numbers = ", ".join(
+        f"{name} {fields[key]}"
+        for name, key in (("family", "cpu family"), ("model", "model"))
+        if key in fields
+    )
+    return f"{fields['model name']} ({numbers})" if numbers else fields["model name"]
