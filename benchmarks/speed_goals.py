@@ -53,7 +53,7 @@ class Goal:
 
 
 SAC_GRADIENT_STEP_RUNS = tuple(
-    f"sb3_throughput-cpu-quiet-sac-fine-b43e5cf-301{run}.json" for run in ("", "-run2", "-run3", "-run4")
+    f"sb3_throughput-cpu-quiet-sac-fine-707074b-301{run}.json" for run in ("", "-run2")
 )
 GOALS = (
     Goal(
@@ -76,14 +76,14 @@ GOALS = (
         "SAC-ERA, truncated: whole `learn()` env steps/s vs SAC on Hopper-v5, CPU",
         True,
         0.98,
-        ("sb3_throughput-cpu-quiet-sac-learn-b43e5cf.json",),
+        ("sb3_throughput-cpu-quiet-sac-learn-2786316.json",),
         "SAC-ERA learn() (truncated)",
     ),
     Goal(
         "PPO-ERA, truncated normal: `learn()` env steps/s vs PPO, CPU",
         True,
         0.95,
-        ("sb3_throughput-cpu-quiet-ppo-74fc7c3-61.json",),
+        ("sb3_throughput-cpu-quiet-ppo-147201a-61.json",),
         "PPO-ERA (truncated)",
         "sb3_throughput_h200-cpu.json",
     ),
@@ -91,7 +91,7 @@ GOALS = (
         "PPO-ERA, tanh: `learn()` env steps/s vs PPO, CPU",
         True,
         0.95,
-        ("sb3_throughput-cpu-quiet-ppo-74fc7c3-61.json",),
+        ("sb3_throughput-cpu-quiet-ppo-147201a-61.json",),
         "PPO-ERA (tanh)",
         "sb3_throughput_h200-cpu.json",
     ),
@@ -215,7 +215,8 @@ def render() -> str:
     note = (
         "A throughput ratio above 1 means ERA runs faster than its host; a time or memory ratio above 1, that it "
         "costs more. \"before issue 9\": measured on the H200 host's CPU and GPU (SB3) and on this project's "
-        '2-core machine (TRL on the CPU); "now": the latest committed measurement, one value or pair per run; '
+        '2-core machine (TRL on the CPU); "now": the latest committed measurement, one value or pair per run '
+        "(ratios differ from one CPU to another, which the result files name, and between runs by a few percent); "
         '"met": every value of every run on the goal\'s side. The commands that rewrite the files (then '
         "`PYTHONPATH=. python benchmarks/speed_goals.py --write` rewrites this table):"
     )
