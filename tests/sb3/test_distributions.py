@@ -12,6 +12,7 @@ from stable_baselines3.common.distributions import SquashedDiagGaussianDistribut
 from era_core import GaussianERA, TruncatedNormal
 from sb3_era import TruncatedNormalDistribution
 from sb3_era.distributions import RolloutSquashedDiagGaussianDistribution
+from sb3_era.fused_log_prob import tanh_location
 
 
 def _params(batch: int = 64, dim: int = 3, seed: int = 0) -> tuple[th.Tensor, th.Tensor]:
@@ -97,14 +98,15 @@ def test_rollout_sample_returns_the_log_prob_of_its_actions(low, high):
     assert dist.log_prob(actions).requires_grad
 
 
+@pytest.mark.parametrize("dtype", [th.float32, th.float64])
 @pytest.mark.parametrize("era", [False, True], ids=["log-std", "era-pre-activation"])
 @pytest.mark.parametrize(
     ("low", "high"), [(-1.0, 1.0), (np.array([-2.0, 0.0, -0.4]), np.array([2.0, 1.0, 0.4]))]
 )
-def test_rollout_sample_is_era_cores_sample_and_log_prob(low, high, era):
+def test_rollout_sample_is_era_cores_sample_and_log_prob(low, high, era, dtype):
     # The CPU rollout runs from the parameters, without building the truncated normal: the same draws give the
     # same actions, bit for bit, and the same log-probabilities, summed in float64 before rounding.
-    mean, log_std = _params()
+    mean, log_std = (t.to(dtype) for t in _params())
     dist = TruncatedNormalDistribution(3, low, high)
     with th.no_grad():
         dist.proba_distribution(mean, log_std, log_std_era=GaussianERA(3) if era else None)
@@ -116,8 +118,39 @@ def test_rollout_sample_is_era_cores_sample_and_log_prob(low, high, era):
         unit, unit_log_prob = dist.distribution.sample_and_log_prob()
     assert th.equal(actions, dist._from_unit_box(unit))
     expected = unit_log_prob.sum(-1) - dist.log_scale_correction
-    assert log_prob.dtype == expected.dtype == th.float32
+    assert log_prob.dtype == expected.dtype == dtype
     th.testing.assert_close(log_prob, expected, rtol=1e-6, atol=1e-5)
+
+
+def test_rollout_sample_keeps_its_levels_off_0_and_1_as_era_core_does(monkeypatch):
+    # torch.rand may return 0 and 1 - 2**-24: both move eps (of float32) inside (0, 1), as in era_core's sampler.
+    levels = th.tensor([[0.0, 1.0 - 2.0**-24, 0.5]])
+    monkeypatch.setattr(th, "rand", lambda *args, **kwargs: levels.clone())
+    mean, log_std = th.zeros(1, 3), th.zeros(1, 3)
+    with th.no_grad():
+        actions = TruncatedNormalDistribution(3).proba_distribution(mean, log_std).sample()
+        unit, _ = TruncatedNormal(tanh_location(mean), log_std.exp()).sample_and_log_prob()
+    assert th.equal(actions, unit)
+    assert (actions.abs() < 1.0).all()
+
+
+@pytest.mark.parametrize(
+    ("low", "high"), [(-1.0, 1.0), (np.array([-2.0, 0.0, -0.4]), np.array([2.0, 1.0, 0.4]))]
+)
+def test_rollout_sample_of_one_unbatched_state_takes_era_cores_sampler(low, high):
+    # A 1-d mean (one state, no batch dimension) is not fusable: the rollout builds the truncated normal.
+    mean, log_std = (t[0] for t in _params())
+    dist = TruncatedNormalDistribution(3, low, high)
+    with th.no_grad():
+        dist.proba_distribution(mean, log_std)
+        th.manual_seed(0)
+        actions = dist.sample()
+        log_prob = dist.log_prob(actions)
+        assert dist.log_prob(actions) is log_prob
+        th.manual_seed(0)
+        unit, unit_log_prob = TruncatedNormal(tanh_location(mean), log_std.exp()).sample_and_log_prob()
+    assert th.equal(actions, dist._from_unit_box(unit))
+    assert th.equal(log_prob, unit_log_prob.sum() - dist.log_scale_correction)
 
 
 def test_monte_carlo_entropy_agrees_with_the_closed_form():
