@@ -229,6 +229,17 @@ def _sample_in_interval(ops, loc, scale, center: float, half_width: float, u):
     return ops.clip(loc + scale * z, center - half_width, center + half_width), z, log_z
 
 
+def _sample_arrays_in_interval(ops, loc, scale, center: float, half_width: float, u, eps: float):
+    """:func:`_sample_in_interval` through NumPy/SciPy ``ops``, on float64 copies of the CPU tensors ``loc``,
+    ``scale`` and the levels ``u`` (broadcast against each other by NumPy), the levels kept in ``[eps, 1 - eps]``.
+
+    :return: ``(x, z, ln Z, scale)`` as float64 arrays, the last three what :func:`_log_prob_of_sample` reads.
+    """
+    loc, scale, u = (t.numpy().astype("float64") for t in (loc, scale, u))
+    x, z, log_z = _sample_in_interval(ops, loc, scale, center, half_width, ops.clip(u, eps, 1.0 - eps))
+    return x, z, log_z, scale
+
+
 def _log_prob_of_sample(ops, z, scale, log_z):
     """The log-density at the sample ``loc + scale * z`` of :func:`_sample_in_interval`:
     ``-z^2 / 2 - ln(2 pi) / 2 - ln(scale) - ln(Z)``."""
@@ -687,13 +698,14 @@ class TruncatedNormal(Distribution):
         center, half_width = 0.5 * (self.low + self.high), 0.5 * (self.high - self.low)
         ops = _array_ops(self.loc)
         if ops is not _TorchOps:
-            # float64 arrays, broadcast against the draws' shape by NumPy itself.
-            loc, scale, u = (t.numpy().astype("float64") for t in (self.loc, self.scale, u))
-            x, log_prob = _sample_and_log_prob_in_interval(
-                ops, loc, scale, center, half_width, ops.clip(u, eps, 1.0 - eps)
+            x, z, log_z, scale = _sample_arrays_in_interval(
+                ops, self.loc, self.scale, center, half_width, u, eps
             )
             dtype = self.loc.numpy().dtype
-            x, log_prob = ops.to_tensor(x, dtype), ops.to_tensor(log_prob, dtype)
+            x, log_prob = (
+                ops.to_tensor(x, dtype),
+                ops.to_tensor(_log_prob_of_sample(ops, z, scale, log_z), dtype),
+            )
         else:
             x, log_prob = _sample_and_log_prob_in_interval(
                 _TorchOps,

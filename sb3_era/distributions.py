@@ -16,7 +16,12 @@ from stable_baselines3.common.distributions import (
 from torch.distributions import Normal
 
 from era_core import GaussianERA, TruncatedNormal
-from era_core.truncated_normal import _array_ops, _log_prob_of_sample, _sample_in_interval, uniform_levels
+from era_core.truncated_normal import (
+    _array_ops,
+    _log_prob_of_sample,
+    _sample_arrays_in_interval,
+    uniform_levels,
+)
 from sb3_era.fused_log_prob import (
     TanhTruncatedLogProbAndEntropy,
     TanhTruncatedSample,
@@ -215,14 +220,12 @@ class TruncatedNormalDistribution(DiagGaussianDistribution):
             self._sampled = (actions, actions._version, log_prob)
             return actions
         # TruncatedNormal.sample_and_log_prob's draws and formulas, on the location and scale of distribution.
-        ops = _array_ops(mean_actions)
-        u = th.rand(mean_actions.shape, dtype=mean_actions.dtype).numpy()
-        loc = tanh_location(mean_actions).numpy()
-        scale = (log_std if log_std_era is None else log_std_era(log_std)).exp().numpy()
-        dtype, eps = loc.dtype, float(np.finfo(loc.dtype).eps)
-        scale = np.broadcast_to(scale.astype("float64"), loc.shape)
-        u = ops.clip(u.astype("float64"), eps, 1.0 - eps)
-        unit, z, log_z = _sample_in_interval(ops, loc.astype("float64"), scale, 0.0, 1.0, u)
+        ops, eps = _array_ops(mean_actions), th.finfo(mean_actions.dtype).eps
+        u = th.rand(mean_actions.shape, dtype=mean_actions.dtype)
+        loc = tanh_location(mean_actions)
+        scale = (log_std if log_std_era is None else log_std_era(log_std)).exp()
+        unit, z, log_z, scale = _sample_arrays_in_interval(ops, loc, scale, 0.0, 1.0, u, eps)
+        dtype = loc.numpy().dtype
         actions = self._from_unit_box(ops.to_tensor(unit, dtype))
         correction = self.log_scale_correction
 

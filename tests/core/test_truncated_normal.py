@@ -616,13 +616,13 @@ def test_sample_and_log_prob_of_scalar_parameters(array_backend: str, shape: tup
 def _formula_namespaces(monkeypatch: pytest.MonkeyPatch) -> list:
     """Record the array namespace each one-pass sample computes with."""
     seen = []
-    formula = truncated_normal._sample_and_log_prob_in_interval
+    formula = truncated_normal._sample_in_interval
 
     def spy(ops, *args):
         seen.append(ops)
         return formula(ops, *args)
 
-    monkeypatch.setattr(truncated_normal, "_sample_and_log_prob_in_interval", spy)
+    monkeypatch.setattr(truncated_normal, "_sample_in_interval", spy)
     return seen
 
 
