@@ -23,9 +23,11 @@ from era_core.truncated_normal import (
     uniform_levels,
 )
 from sb3_era.fused_log_prob import (
+    TanhGaussianLogProb,
     TanhTruncatedLogProbAndEntropy,
     TanhTruncatedSample,
     fusable,
+    squashed_gaussian_log_prob,
     tanh_location,
     valid_parameters,
 )
@@ -243,15 +245,30 @@ class TruncatedNormalDistribution(DiagGaussianDistribution):
 
 class RolloutSquashedDiagGaussianDistribution(SquashedDiagGaussianDistribution):
     """
-    SB3's tanh-squashed diagonal Gaussian, whose rollouts (no gradient) skip the parameter and sample checks.
+    SB3's tanh-squashed diagonal Gaussian, whose rollouts (no gradient) skip the parameter and sample checks and
+    whose log-probabilities of given actions on the CPU take one pass.
 
     A rollout builds one distribution per env step, where ``Normal``'s argument checks (each a comparison and
     a reduction) cost as much as the sample itself; ERA's activation bounds the log-std, and a training pass
-    (with gradient) keeps the checks, as :class:`TruncatedNormalDistribution` does.
+    (with gradient) keeps the checks, as :class:`TruncatedNormalDistribution` does. :meth:`log_prob` of actions
+    (PPO and A2C's rollouts and minibatches) computes SB3's formula in float64 NumPy
+    (:func:`~sb3_era.fused_log_prob.squashed_gaussian_log_prob`), with gradient as one autograd node
+    (:class:`~sb3_era.fused_log_prob.TanhGaussianLogProb`); a training pass then builds the ``Normal`` only if
+    something else reads it.
 
     :param action_dim: Dimension of the action space.
     :param epsilon: small value to avoid NaN due to numerical imprecision (SB3's).
     """
+
+    #: Whether a training pass on the CPU takes its log-probabilities from one autograd node; ``False`` records
+    #: SB3's ops.
+    fuse_training_pass: bool = True
+
+    def __init__(self, action_dim: int, epsilon: float = 1e-6):
+        super().__init__(action_dim, epsilon)
+        # The parameters of the last proba_distribution and whether it ran with gradient.
+        self._params: tuple[th.Tensor, th.Tensor] | None = None
+        self._grad = self._fused = False
 
     def proba_distribution(
         self: SelfRolloutSquashedDiagGaussian, mean_actions: th.Tensor, log_std: th.Tensor
@@ -259,11 +276,59 @@ class RolloutSquashedDiagGaussianDistribution(SquashedDiagGaussianDistribution):
         """
         Create the distribution given its parameters (mean, std), as SB3's ``DiagGaussianDistribution``.
 
+        The ``Normal`` is built when something reads :attr:`distribution`; a training pass checks the parameters
+        here either way.
+
         :param mean_actions: Means of the Gaussian before squashing.
         :param log_std: Log-stds (broadcast against ``mean_actions``).
         :return: self
         """
-        action_std = th.ones_like(mean_actions) * log_std.exp()
-        validate_args = None if th.is_grad_enabled() else False
-        self.distribution = Normal(mean_actions, action_std, validate_args=validate_args)
+        self._params = (mean_actions, log_std)
+        self._grad = th.is_grad_enabled()
+        self.__dict__.pop("distribution", None)
+        validate = self._grad and bool(th.distributions.Distribution._validate_args)
+        self._fused = (
+            self._grad
+            and self.fuse_training_pass
+            and fusable(mean_actions, log_std)
+            and (not validate or valid_parameters(mean_actions, log_std))
+        )
+        if validate and not self._fused:
+            self.distribution  # noqa: B018 (built now, so invalid parameters raise torch's own error)
         return self
+
+    @functools.cached_property
+    def distribution(self) -> Normal:
+        """The Gaussian before squashing, in the graph of the pass that made the parameters."""
+        mean_actions, log_std = self._params
+        with th.set_grad_enabled(self._grad):
+            action_std = th.ones_like(mean_actions) * log_std.exp()
+            return Normal(mean_actions, action_std, validate_args=None if self._grad else False)
+
+    def log_prob(self, actions: th.Tensor, gaussian_actions: th.Tensor | None = None) -> th.Tensor:
+        """Log-likelihood of squashed ``actions``, summed over action dimensions (SB3's formula).
+
+        :param actions: actions in ``[-1, 1]``.
+        :param gaussian_actions: their values before squashing, if known (then SB3's ops compute it).
+        """
+        mean_actions, log_std = self._params
+        grad = th.is_grad_enabled()
+        if (
+            gaussian_actions is None
+            and (self._fused if grad else fusable(mean_actions, log_std))
+            and actions.shape == mean_actions.shape
+            and actions.dtype in (th.float32, th.float64)
+            and actions.device.type == "cpu"
+            and not actions.requires_grad
+        ):
+            unit = actions.numpy()
+            # Outside [-1, 1] (or NaN) SB3's formula is NaN or raises: its ops give that.
+            if ((unit >= -1.0) & (unit <= 1.0)).all():
+                if grad:
+                    return TanhGaussianLogProb.apply(mean_actions, log_std, unit, self.epsilon)
+                mean_array = mean_actions.detach().numpy()
+                log_prob, _, _ = squashed_gaussian_log_prob(
+                    unit, mean_array, log_std.detach().numpy(), self.epsilon
+                )
+                return th.from_numpy(log_prob.astype(np.promote_types(mean_array.dtype, unit.dtype)))
+        return super().log_prob(actions, gaussian_actions)

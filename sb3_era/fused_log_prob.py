@@ -8,6 +8,9 @@ the arithmetic. :class:`TanhTruncatedLogProbAndEntropy` runs the chain as one no
 by their torch functions without gradient, the truncated normal by ``era_core``'s formulas on float64 NumPy arrays
 (those its own fused node runs), and the backward in closed form through each link. SAC, TQC and CrossQ draw
 reparameterised actions twice per gradient step; :class:`TanhTruncatedSample` does the same for that draw.
+With ``action_distribution="tanh"``, :class:`TanhGaussianLogProb` is the same for SB3's tanh-squashed Gaussian:
+its log-probability of a minibatch's actions (:func:`squashed_gaussian_log_prob`, which a rollout's actions take
+too), from the mean and the log-std after the activation.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from torch.autograd.function import once_differentiable
 
 from era_core import GaussianERA, gaussian_era_log_std, max_feasible_target
 from era_core.truncated_normal import (
+    _HALF_LOG_2PI,
     _array_ops,
     _log_prob_and_entropy_gradients,
     _log_prob_and_entropy_in_interval,
@@ -183,3 +187,59 @@ class TanhTruncatedSample(th.autograd.Function):
         grad_mean = ops.to_tensor(grad * dx_dmean, dtype) if ctx.needs_input_grad[0] else None
         grad_log_std = ops.to_tensor(grad * dx_dlog_std, dtype) if ctx.needs_input_grad[1] else None
         return grad_mean, grad_log_std, None
+
+
+def squashed_gaussian_log_prob(
+    actions: np.ndarray, mean: np.ndarray, log_std: np.ndarray, epsilon: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """SB3's ``SquashedDiagGaussianDistribution.log_prob(actions)`` (no ``gaussian_actions``) in float64.
+
+    ``gaussian = atanh(clip(actions, -1 + eps, 1 - eps))`` with ``eps`` of the actions' dtype (SB3's
+    ``TanhBijector.inverse``); the Gaussian's log-density there, ``-xi^2 / 2 - log_std - ln(2 pi) / 2`` with
+    ``xi = (gaussian - mean) / exp(log_std)``; less SB3's squash correction ``ln(1 - actions^2 + epsilon)``.
+
+    :param actions: squashed actions, ``(batch, D)``, in ``[-1, 1]``.
+    :param mean: the Gaussian's means, ``(batch, D)``.
+    :param log_std: its log-stds, ``(D,)`` or ``(batch, D)``.
+    :param epsilon: the distribution's ``epsilon`` in the squash correction.
+    :return: ``(log_prob, xi, 1 / std)``: the log-probabilities summed over the action dimensions, and what the
+        gradients read.
+    """
+    edge = 1.0 - float(np.finfo(actions.dtype).eps)
+    actions64 = actions.astype("float64")
+    log_std64 = log_std.astype("float64")
+    inv_std = np.exp(-log_std64)
+    xi = (np.arctanh(np.minimum(np.maximum(actions64, -edge), edge)) - mean.astype("float64")) * inv_std
+    log_prob = -(0.5 * xi * xi + log_std64 + _HALF_LOG_2PI) - np.log(1.0 - actions64 * actions64 + epsilon)
+    return log_prob.sum(-1), xi, inv_std
+
+
+class TanhGaussianLogProb(th.autograd.Function):
+    """``log_prob(actions)`` of SB3's tanh-squashed Gaussian, summed over the action dimensions, from ``mean`` and
+    ``log_std`` (:func:`squashed_gaussian_log_prob`), in the dtype torch promotes the means' and the actions' to.
+
+    ``log_std`` is ``(D,)`` (state-independent: its gradient is summed over the states) or per state; ``actions``
+    get no gradient. Gradients: ``d/d mean = xi / std`` and ``d/d log-std = xi^2 - 1``.
+    """
+
+    @staticmethod
+    def forward(ctx, mean, log_std, actions: np.ndarray, epsilon: float):
+        ops, mean_array = _array_ops(mean), mean.detach().numpy()
+        log_prob, xi, inv_std = squashed_gaussian_log_prob(
+            actions, mean_array, log_std.detach().numpy(), epsilon
+        )
+        ctx.saved = (ops, xi, inv_std, log_std.dim() == 1, mean_array.dtype)
+        return ops.to_tensor(log_prob, np.promote_types(mean_array.dtype, actions.dtype))
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_log_prob):
+        ops, xi, inv_std, shared_std, dtype = ctx.saved
+        grad = grad_log_prob.numpy().astype("float64")[:, None]
+        grad_mean = grad_log_std = None
+        if ctx.needs_input_grad[0]:
+            grad_mean = ops.to_tensor(grad * xi * inv_std, dtype)
+        if ctx.needs_input_grad[1]:
+            grad_log_std = grad * (xi * xi - 1.0)
+            grad_log_std = ops.to_tensor(grad_log_std.sum(0) if shared_std else grad_log_std, dtype)
+        return grad_mean, grad_log_std, None, None
