@@ -11,7 +11,8 @@ are timed one by one (process CPU time, one thread; medians over the calls):
   ``train()`` (minibatch sampling, losses, gradient clipping);
 - for the truncated normal, the parts of its own work inside those: the distribution's construction with its
   parameter check, the training pass's fused node (forward and backward) and, inside it, ERA's activation and
-  ``era_core``'s float64 formulas, and the rollout's sample formula.
+  ``era_core``'s float64 formulas, and the rollout's sample formula; for the tanh Gaussian, its training pass's
+  node (forward and backward) and the rollout's log-probability formula.
 
 The environment's step is part of the measured throughput but not of ERA's work: its cost depends on the
 actions the policy takes. Prints a table, writes JSON::
@@ -36,33 +37,42 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import CallbackList
 from stable_baselines3.common.logger import Logger
 
+from era_core import truncated_normal
 from sb3_era import ERAPPO, TruncatedNormalDistribution, distributions, fused_log_prob
 from sb3_era.versions import cpu_model, package_versions
 
 MODELS = ("PPO", "PPO-ERA (truncated)", "PPO-ERA (tanh)")
 ROLLOUT_PARTS = ("policy forward", "env step")
 UPDATE_PARTS = ("evaluate_actions", "backward", "optimizer step")
-# The truncated normal's own calls: (the part they run in, label, owner, attribute).
-NODE = fused_log_prob.TanhTruncatedLogProbAndEntropy
-TRUNCATED_CALLS = (
-    ("policy forward", "  float64 sample formula", distributions, "_sample_in_interval"),
-    (
-        "evaluate_actions",
-        "  distribution, parameter check",
-        TruncatedNormalDistribution,
-        "proba_distribution",
+# Each ERA model's own calls: (the part they run in, label, owner, attribute), each timed where it is looked up.
+TRUNCATED_NODE = fused_log_prob.TanhTruncatedLogProbAndEntropy
+TANH_NODE = fused_log_prob.TanhGaussianLogProb
+OWN_CALLS = {
+    "PPO-ERA (truncated)": (
+        ("policy forward", "  float64 sample formula", truncated_normal, "_sample_in_interval"),
+        (
+            "evaluate_actions",
+            "  distribution, parameter check",
+            TruncatedNormalDistribution,
+            "proba_distribution",
+        ),
+        ("evaluate_actions", "  fused node, forward", TRUNCATED_NODE, "forward"),
+        ("evaluate_actions", "    ERA activation", fused_log_prob, "gaussian_era_log_std"),
+        (
+            "evaluate_actions",
+            "    float64 formulas, forward",
+            fused_log_prob,
+            "_log_prob_and_entropy_in_interval",
+        ),
+        ("backward", "  fused node, backward", TRUNCATED_NODE, "backward"),
+        ("backward", "    float64 formulas, backward", fused_log_prob, "_log_prob_and_entropy_gradients"),
     ),
-    ("evaluate_actions", "  fused node, forward", NODE, "forward"),
-    ("evaluate_actions", "    ERA activation", fused_log_prob, "gaussian_era_log_std"),
-    (
-        "evaluate_actions",
-        "    float64 formulas, forward",
-        fused_log_prob,
-        "_log_prob_and_entropy_in_interval",
+    "PPO-ERA (tanh)": (
+        ("policy forward", "  float64 log-prob formula", distributions, "squashed_gaussian_log_prob"),
+        ("evaluate_actions", "  fused node, forward", TANH_NODE, "forward"),
+        ("backward", "  fused node, backward", TANH_NODE, "backward"),
     ),
-    ("backward", "  fused node, backward", NODE, "backward"),
-    ("backward", "    float64 formulas, backward", fused_log_prob, "_log_prob_and_entropy_gradients"),
-)
+}
 
 
 def _timed(function: Callable, samples: list[int]) -> Callable:
@@ -109,8 +119,8 @@ def _one_repeat(name: str, model: BaseAlgorithm, samples: dict[str, list[int]]) 
     with ExitStack() as stack:
         stack.enter_context(_timing(model.policy, "forward", slot("policy forward")))
         stack.enter_context(_timing(model.env, "step", slot("env step")))
-        for part, label, owner, attribute in TRUNCATED_CALLS:
-            if part in ROLLOUT_PARTS and name == "PPO-ERA (truncated)":
+        for part, label, owner, attribute in OWN_CALLS.get(name, ()):
+            if part in ROLLOUT_PARTS:
                 stack.enter_context(_timing(owner, attribute, slot(label)))
         start = time.process_time_ns()
         model.collect_rollouts(model.env, callback, model.rollout_buffer, n_rollout_steps=model.n_steps)
@@ -119,8 +129,8 @@ def _one_repeat(name: str, model: BaseAlgorithm, samples: dict[str, list[int]]) 
         stack.enter_context(_timing(model.policy, "evaluate_actions", slot("evaluate_actions")))
         stack.enter_context(_timing(torch.Tensor, "backward", slot("backward")))
         stack.enter_context(_timing(model.policy.optimizer, "step", slot("optimizer step")))
-        for part, label, owner, attribute in TRUNCATED_CALLS:
-            if part in UPDATE_PARTS and name == "PPO-ERA (truncated)":
+        for part, label, owner, attribute in OWN_CALLS.get(name, ()):
+            if part in UPDATE_PARTS:
                 stack.enter_context(_timing(owner, attribute, slot(label)))
         minibatches = len(slot("evaluate_actions"))
         start = time.process_time_ns()
@@ -162,7 +172,8 @@ def main() -> None:
         rows.append(row(section, f"{section}, whole"))
         for part in parts:
             rows.append(row(section, part))
-            rows += [row(section, label) for parent, label, *_ in TRUNCATED_CALLS if parent == part]
+            labels = [label for calls in OWN_CALLS.values() for parent, label, *_ in calls if parent == part]
+            rows += [row(section, label) for label in dict.fromkeys(labels)]
         rest = {
             name: median_us(name, f"{section}, whole") - sum(median_us(name, part) for part in parts)
             for name in MODELS

@@ -6,7 +6,8 @@ actor loss's reparameterised actions (with gradient; its backward runs later, in
 counted here). This script times both ``action_log_prob`` calls (the actor's network included) in ``train()`` on
 a fixed replay buffer of random transitions, for SAC-ERA with the truncated normal and with SB3's tanh Gaussian.
 For the truncated normal it also times the NumPy formulas that make each sample
-(``_sample_in_interval`` without gradient, called by :meth:`sb3_era.TruncatedNormalDistribution.sample`, and
+(``_sample_in_interval`` without gradient, called by :meth:`sb3_era.TruncatedNormalDistribution.sample` through
+``_sample_arrays_in_interval``, and
 ``_reparameterized_sample_in_interval`` with the derivatives, inside
 :class:`sb3_era.fused_log_prob.TanhTruncatedSample`) in ``train()``, then again and again on the arrays of their last call, where their code and data
 stay in the caches: the difference is what the network's work in between costs them. Process CPU time, one
@@ -30,11 +31,13 @@ from stable_baselines3.common.logger import Logger
 
 from benchmarks.sb3_throughput import _fill_replay_buffer
 from era_core import truncated_normal
-from sb3_era import ERASAC, distributions, fused_log_prob
+from sb3_era import ERASAC, fused_log_prob
 from sb3_era.off_policy import ERAActorMixin
 from sb3_era.versions import cpu_model, package_versions
 
 FORMULAS = ("_sample_in_interval", "_reparameterized_sample_in_interval")
+# Each formula is timed where it is looked up when called: era_core's own module, the fused node's.
+HOOKS = ((truncated_normal, FORMULAS[0]), (fused_log_prob, FORMULAS[1]))
 DISTRIBUTIONS = ("tanh", "truncated")
 
 
@@ -101,9 +104,8 @@ def main() -> None:
         }
         with (
             mock.patch.multiple(ERAActorMixin, **patches),
-            # Each is called from the module that imports it: the distribution's, the fused node's.
-            mock.patch.object(distributions, FORMULAS[0], formulas[FORMULAS[0]]),
-            mock.patch.object(fused_log_prob, FORMULAS[1], formulas[FORMULAS[1]]),
+            mock.patch.object(*HOOKS[0], formulas[FORMULAS[0]]),
+            mock.patch.object(*HOOKS[1], formulas[FORMULAS[1]]),
         ):
             start = time.process_time()
             model.train(gradient_steps=args.gradient_steps, batch_size=model.batch_size)
