@@ -67,6 +67,17 @@ def test_fused_pass_gives_sb3s_values_and_gradients(eager, dtype, shared_std, wi
         th.testing.assert_close(got, expected, **tolerance)
 
 
+def test_the_distributions_epsilon_reaches_the_squash_correction():
+    mean, log_std, actions = _inputs(True, th.float64)
+    for grad in (False, True):
+        with th.set_grad_enabled(grad):
+            ours = RolloutSquashedDiagGaussianDistribution(DIM, epsilon=1e-2).proba_distribution(
+                mean, log_std
+            )
+            sb3 = SquashedDiagGaussianDistribution(DIM, epsilon=1e-2).proba_distribution(mean, log_std)
+            th.testing.assert_close(ours.log_prob(actions), sb3.log_prob(actions), rtol=1e-12, atol=1e-12)
+
+
 def test_a_rollout_gives_the_training_pass_log_probabilities_to_the_bit():
     # PPO's probability ratio starts at 1: the rollout's and the first update's log-probabilities agree exactly.
     mean, log_std, actions = _inputs(True, th.float32)
