@@ -2,9 +2,9 @@
 
 Each model collects one rollout (``--ppo-steps`` env steps of HalfCheetah-v5 by default), then its ``train()``
 (``n_epochs`` passes of minibatches over that rollout, SB3's PPO defaults) is timed again and again on it, the
-three models taking turns call by call: PPO, PPO-ERA (truncated normal) with its fused training pass
-(``TruncatedNormalDistribution.fuse_training_pass``, the default) and PPO-ERA with the same computation recorded
-op by op. Timing whole ``train()`` calls a few tenths of a second long, in turn, keeps a drift of the machine's
+three models taking turns call by call: PPO, PPO-ERA (``--action-distribution``: the truncated normal, the
+default, or the tanh Gaussian) with its fused training pass (the distribution's ``fuse_training_pass``, the
+default) and PPO-ERA with the same computation recorded op by op. Timing whole ``train()`` calls a few tenths of a second long, in turn, keeps a drift of the machine's
 speed out of the ratios, which ``benchmarks/sb3_throughput.py``'s update timings (one rollout and one update per
 model per repeat) cannot on a noisy 2-core machine. Ratio = PPO's time / the model's time (its throughput
 relative to PPO's). Process CPU time, one thread. Prints a table, writes JSON::
@@ -37,12 +37,13 @@ def main() -> None:
     parser.add_argument("--ppo-steps", type=int, default=1024, help="rollout length (n_steps)")
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--action-distribution", choices=("truncated", "tanh"), default="truncated")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/ppo_update.json"))
     args = parser.parse_args()
     torch.set_num_threads(1)
     common = dict(n_steps=args.ppo_steps, seed=args.seed, device="cpu")
-    fused = ERAPPO("MlpPolicy", args.env, **common)
-    op_by_op = ERAPPO("MlpPolicy", args.env, **common)
+    fused = ERAPPO("MlpPolicy", args.env, action_distribution=args.action_distribution, **common)
+    op_by_op = ERAPPO("MlpPolicy", args.env, action_distribution=args.action_distribution, **common)
     op_by_op.policy.action_dist.fuse_training_pass = False
     models = {
         BASELINE: PPO("MlpPolicy", args.env, **common),
