@@ -217,8 +217,9 @@ def render() -> str:
     note = (
         "A throughput ratio above 1 means ERA runs faster than its host; a time or memory ratio above 1, that it "
         "costs more. \"before issue 9\": measured on the H200 host's CPU and GPU (SB3) and on this project's "
-        '2-core machine (TRL on the CPU); "now": the latest committed measurement, one value or pair per run '
-        "(ratios differ from one CPU to another, which the result files name, and between runs by a few percent); "
+        '2-core machine (TRL on the CPU); "now": the latest committed measurement, one value or pair per run, '
+        "and the runs on an earlier CPU where the path's code has not changed since (ratios differ from one CPU to "
+        "another, which the result files name, and between runs by a few percent); "
         '"met": every value of every run on the goal\'s side. The commands that rewrite the files (then '
         "`PYTHONPATH=. python benchmarks/speed_goals.py --write` rewrites this table):"
     )
