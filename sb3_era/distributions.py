@@ -27,9 +27,9 @@ from sb3_era.fused_log_prob import (
     TanhTruncatedLogProbAndEntropy,
     TanhTruncatedSample,
     fusable,
+    plan_training_pass,
     squashed_gaussian_log_prob,
     tanh_location,
-    valid_parameters,
 )
 
 SelfTruncatedNormalDistribution = TypeVar(
@@ -120,15 +120,8 @@ class TruncatedNormalDistribution(DiagGaussianDistribution):
         self._grad = th.is_grad_enabled()
         self._sampled = self._entropy = None
         self.__dict__.pop("distribution", None)
-        # A rollout (no gradient) skips the parameter checks; a training pass (with gradient) keeps them.
-        validate = self._grad and bool(th.distributions.Distribution._validate_args)
-        self._fused = (
-            self._grad
-            and self.fuse_training_pass
-            and fusable(mean_actions, log_std)
-            and (not validate or valid_parameters(mean_actions, log_std))
-        )
-        if validate and not self._fused:
+        self._fused, build_now = plan_training_pass(mean_actions, log_std, self.fuse_training_pass)
+        if build_now:
             self.distribution  # noqa: B018 (built now, so invalid parameters raise torch's own error)
         return self
 
@@ -286,14 +279,8 @@ class RolloutSquashedDiagGaussianDistribution(SquashedDiagGaussianDistribution):
         self._params = (mean_actions, log_std)
         self._grad = th.is_grad_enabled()
         self.__dict__.pop("distribution", None)
-        validate = self._grad and bool(th.distributions.Distribution._validate_args)
-        self._fused = (
-            self._grad
-            and self.fuse_training_pass
-            and fusable(mean_actions, log_std)
-            and (not validate or valid_parameters(mean_actions, log_std))
-        )
-        if validate and not self._fused:
+        self._fused, build_now = plan_training_pass(mean_actions, log_std, self.fuse_training_pass)
+        if build_now:
             self.distribution  # noqa: B018 (built now, so invalid parameters raise torch's own error)
         return self
 

@@ -73,6 +73,28 @@ def valid_parameters(mean: th.Tensor, log_std: th.Tensor) -> bool:
     return not np.isnan(mean.detach().numpy()).any() and bool((scale > 0).all())
 
 
+def plan_training_pass(mean: th.Tensor, log_std: th.Tensor, fuse: bool) -> tuple[bool, bool]:
+    """How a distribution's ``proba_distribution`` treats this pass: ``(fused, build_now)``.
+
+    A rollout (no gradient) is neither fused nor checked. A training pass (with gradient) is fused where ``fuse``
+    is set, :func:`fusable` holds and, when torch validates distribution arguments, :func:`valid_parameters`
+    holds; otherwise, when torch validates, the distribution is to be built now so that invalid parameters raise
+    torch's own error.
+
+    :param mean: the distribution's means.
+    :param log_std: its log-stds, or their ERA pre-activations.
+    :param fuse: the distribution's ``fuse_training_pass``.
+    """
+    validate = th.is_grad_enabled() and bool(th.distributions.Distribution._validate_args)
+    fused = (
+        th.is_grad_enabled()
+        and fuse
+        and fusable(mean, log_std)
+        and (not validate or valid_parameters(mean, log_std))
+    )
+    return fused, validate and not fused
+
+
 class TanhTruncatedLogProbAndEntropy(th.autograd.Function):
     """``(log_prob(actions), entropy)`` summed over the action dimensions, from ``mean`` and ``log_std``.
 
