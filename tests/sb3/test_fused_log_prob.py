@@ -9,11 +9,11 @@ import warnings
 import numpy as np
 import pytest
 import torch as th
+from fused_training import assert_training_matches_reference
 from sb3_era_envs import TINY_NET, ReachTargetEnv
 
 from era_core import GaussianERA
 from sb3_era import ERAA2C, ERAPPO, ERASAC, ERATQC, ERACrossQ, TruncatedNormalDistribution
-from sb3_era import distributions as distributions_module
 from sb3_era.fused_log_prob import fusable
 
 BATCH, DIM = 32, 3
@@ -156,33 +156,13 @@ def test_invalid_parameters_and_actions_raise_as_on_the_eager_path():
 def test_training_with_the_fused_pass_ends_where_the_eager_path_does(
     eager, monkeypatch, algo, state_dependent_std
 ):
-    # Same seed, same rollouts, same minibatches: after all of learn()'s updates the parameters agree to the
-    # float32 rounding that the two paths' sums differ by.
     kwargs = dict(n_steps=128, batch_size=64, n_epochs=2) if algo is ERAPPO else dict(n_steps=16)
     policy_kwargs = dict(net_arch=TINY_NET, state_dependent_std=state_dependent_std)
 
-    node = distributions_module.TanhTruncatedLogProbAndEntropy
-    calls = []
+    def learn():
+        return algo("MlpPolicy", ReachTargetEnv(), policy_kwargs=policy_kwargs, seed=0, **kwargs).learn(512)
 
-    class CountedNode:
-        @staticmethod
-        def apply(*args):
-            calls.append(1)
-            return node.apply(*args)
-
-    monkeypatch.setattr(distributions_module, "TanhTruncatedLogProbAndEntropy", CountedNode)
-
-    def parameters_after_learn() -> tuple[list[th.Tensor], int]:
-        calls.clear()
-        model = algo("MlpPolicy", ReachTargetEnv(), policy_kwargs=policy_kwargs, seed=0, **kwargs).learn(512)
-        return [p.detach().clone() for p in model.policy.parameters()], len(calls)
-
-    fused, fused_calls = parameters_after_learn()
-    eager()
-    reference, reference_calls = parameters_after_learn()
-    assert fused_calls > 0 and reference_calls == 0
-    for got, expected in zip(fused, reference, strict=True):
-        th.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    assert_training_matches_reference(monkeypatch, "TanhTruncatedLogProbAndEntropy", learn, eager)
 
 
 def _sample_pass(mean, log_std, low, high, era=None):
@@ -226,20 +206,8 @@ def test_a_sample_from_era_pre_activations_with_gradient_takes_the_truncated_nor
 
 @pytest.mark.parametrize("algo", [ERASAC, ERATQC, ERACrossQ], ids=["ERASAC", "ERATQC", "ERACrossQ"])
 def test_off_policy_training_with_the_fused_sample_ends_where_the_eager_path_does(eager, monkeypatch, algo):
-    node = distributions_module.TanhTruncatedSample
-    calls = []
-
-    class CountedNode:
-        @staticmethod
-        def apply(*args):
-            calls.append(1)
-            return node.apply(*args)
-
-    monkeypatch.setattr(distributions_module, "TanhTruncatedSample", CountedNode)
-
-    def parameters_after_learn() -> tuple[list[th.Tensor], int]:
-        calls.clear()
-        model = algo(
+    def learn():
+        return algo(
             "MlpPolicy",
             ReachTargetEnv(),
             policy_kwargs=dict(net_arch=TINY_NET),
@@ -247,14 +215,8 @@ def test_off_policy_training_with_the_fused_sample_ends_where_the_eager_path_doe
             batch_size=32,
             seed=0,
         ).learn(160)
-        return [p.detach().clone() for p in model.policy.parameters()], len(calls)
 
-    fused, fused_calls = parameters_after_learn()
-    eager()
-    reference, reference_calls = parameters_after_learn()
-    assert fused_calls > 0 and reference_calls == 0
-    for got, expected in zip(fused, reference, strict=True):
-        th.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    assert_training_matches_reference(monkeypatch, "TanhTruncatedSample", learn, eager)
 
 
 @pytest.mark.parametrize("with_grad", ["mean", "log_std"])

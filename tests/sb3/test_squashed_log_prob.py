@@ -7,12 +7,12 @@ import math
 
 import pytest
 import torch as th
+from fused_training import assert_training_matches_reference
 from sb3_era_envs import TINY_NET, ReachTargetEnv
 from stable_baselines3.common.distributions import SquashedDiagGaussianDistribution
 
 from era_core import GaussianERA
 from sb3_era import ERAA2C, ERAPPO
-from sb3_era import distributions as distributions_module
 from sb3_era.distributions import RolloutSquashedDiagGaussianDistribution
 
 BATCH, DIM = 32, 3
@@ -144,24 +144,11 @@ def test_invalid_parameters_raise_as_sb3s_distribution_does():
 @pytest.mark.parametrize("algo", [ERAPPO, ERAA2C], ids=["ERAPPO", "ERAA2C"])
 @pytest.mark.parametrize("state_dependent_std", [False, True], ids=["state_independent", "state_dependent"])
 def test_training_with_the_fused_pass_ends_where_sb3s_ops_do(eager, monkeypatch, algo, state_dependent_std):
-    # Same seed, same rollouts, same minibatches: after all of learn()'s updates the parameters agree to the
-    # float32 rounding that SB3's ops add.
     kwargs = dict(n_steps=128, batch_size=64, n_epochs=2) if algo is ERAPPO else dict(n_steps=16)
     policy_kwargs = dict(net_arch=TINY_NET, state_dependent_std=state_dependent_std)
-    node = distributions_module.TanhGaussianLogProb
-    calls = []
 
-    class CountedNode:
-        @staticmethod
-        def apply(*args):
-            calls.append(1)
-            return node.apply(*args)
-
-    monkeypatch.setattr(distributions_module, "TanhGaussianLogProb", CountedNode)
-
-    def parameters_after_learn() -> tuple[list[th.Tensor], int]:
-        calls.clear()
-        model = algo(
+    def learn():
+        return algo(
             "MlpPolicy",
             ReachTargetEnv(),
             action_distribution="tanh",
@@ -169,11 +156,5 @@ def test_training_with_the_fused_pass_ends_where_sb3s_ops_do(eager, monkeypatch,
             seed=0,
             **kwargs,
         ).learn(512)
-        return [p.detach().clone() for p in model.policy.parameters()], len(calls)
 
-    fused, fused_calls = parameters_after_learn()
-    eager()
-    reference, reference_calls = parameters_after_learn()
-    assert fused_calls > 0 and reference_calls == 0
-    for got, expected in zip(fused, reference, strict=True):
-        th.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    assert_training_matches_reference(monkeypatch, "TanhGaussianLogProb", learn, eager)
