@@ -129,11 +129,12 @@ class TanhTruncatedLogProbAndEntropy(th.autograd.Function):
             ).numpy()
             k = floor.item() - max_feasible_target(era.action_dim, era.log_std_max)
             activation = (k, log_std.detach().numpy(), era_log_std > era.log_std_min)
+        # A state-independent scale stays (D,): the formulas broadcast it against the (batch, D) location.
         scale = np.exp(era_log_std)
         log_prob, entropy, saved = _log_prob_and_entropy_in_interval(
             ops,
             loc.astype("float64"),
-            np.broadcast_to(scale.astype("float64"), loc.shape),
+            scale.astype("float64"),
             actions.astype("float64", copy=False),
             0.0,
             1.0,
@@ -149,16 +150,16 @@ class TanhTruncatedLogProbAndEntropy(th.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_log_prob, grad_entropy):
         ops, saved, loc, shared_std, activation = ctx.saved
+        # (batch, 1) columns: the formulas broadcast them against the (batch, D) terms.
         grads = (
-            None if g is None else np.broadcast_to(g.numpy().astype("float64")[:, None], loc.shape)
-            for g in (grad_log_prob, grad_entropy)
+            None if g is None else g.numpy().astype("float64")[:, None] for g in (grad_log_prob, grad_entropy)
         )
         grad_loc, grad_scale, _ = _log_prob_and_entropy_gradients(ops, saved, *grads, False)
         grad_mean = grad_log_std = None
         if ctx.needs_input_grad[0]:
             grad_mean = ops.to_tensor(grad_loc * _location_derivative(loc), loc.dtype)
         if ctx.needs_input_grad[1]:
-            grad_log_std = grad_scale * saved[0]  # saved[0] is the (broadcast) scale
+            grad_log_std = grad_scale * saved[0]  # saved[0] is the scale, (D,) or (batch, D)
             if shared_std:
                 grad_log_std = grad_log_std.sum(0)
             if activation is not None:
