@@ -52,8 +52,11 @@ class Goal:
     before: str | None = None
 
 
+# SAC's gradient step did not change after 707074b (ab228fb and be077c1 refactored it): the runs of both commits.
 SAC_GRADIENT_STEP_RUNS = tuple(
-    f"sb3_throughput-cpu-quiet-sac-fine-fe83cdc-301{run}.json" for run in ("", "-run2")
+    f"sb3_throughput-cpu-quiet-sac-fine-{commit}-301{run}.json"
+    for commit in ("707074b", "fe83cdc")
+    for run in ("", "-run2")
 )
 PPO_RUNS = tuple(f"sb3_throughput-cpu-quiet-ppo-fe83cdc-61{run}.json" for run in ("", "-run2", "-run3"))
 GOALS = (
@@ -218,7 +221,7 @@ def render() -> str:
         "A throughput ratio above 1 means ERA runs faster than its host; a time or memory ratio above 1, that it "
         "costs more. \"before issue 9\": measured on the H200 host's CPU and GPU (SB3) and on this project's "
         '2-core machine (TRL on the CPU); "now": the latest committed measurement, one value or pair per run, '
-        "and the runs on an earlier CPU where the path's code has not changed since (ratios differ from one CPU to "
+        "and the earlier runs, on any CPU, of code that has not changed since (ratios differ from one CPU to "
         "another, which the result files name, and between runs by a few percent); "
         '"met": every value of every run on the goal\'s side. The commands that rewrite the files (then '
         "`PYTHONPATH=. python benchmarks/speed_goals.py --write` rewrites this table):"
