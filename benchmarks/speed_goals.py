@@ -80,7 +80,10 @@ GOALS = (
         "SAC-ERA, truncated: whole `learn()` env steps/s vs SAC on Hopper-v5, CPU",
         True,
         0.98,
-        ("sb3_throughput-cpu-quiet-sac-learn-2786316.json",),
+        (
+            "sb3_throughput-cpu-quiet-sac-learn-2786316.json",
+            "sb3_throughput-cpu-quiet-sac-learn-8b5dd92.json",
+        ),
         "SAC-ERA learn() (truncated)",
     ),
     Goal(
