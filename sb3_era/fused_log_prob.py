@@ -85,13 +85,9 @@ def plan_training_pass(mean: th.Tensor, log_std: th.Tensor, fuse: bool) -> tuple
     :param log_std: its log-stds, or their ERA pre-activations.
     :param fuse: the distribution's ``fuse_training_pass``.
     """
-    validate = th.is_grad_enabled() and bool(th.distributions.Distribution._validate_args)
-    fused = (
-        th.is_grad_enabled()
-        and fuse
-        and fusable(mean, log_std)
-        and (not validate or valid_parameters(mean, log_std))
-    )
+    grad = th.is_grad_enabled()
+    validate = grad and bool(th.distributions.Distribution._validate_args)
+    fused = grad and fuse and fusable(mean, log_std) and (not validate or valid_parameters(mean, log_std))
     return fused, validate and not fused
 
 
