@@ -4,10 +4,11 @@ Each model collects one rollout (``--ppo-steps`` env steps of HalfCheetah-v5 by 
 (``n_epochs`` passes of minibatches over that rollout, SB3's PPO defaults) is timed again and again on it, the
 three models taking turns call by call: PPO, PPO-ERA (``--action-distribution``: the truncated normal, the
 default, or the tanh Gaussian) with its fused training pass (the distribution's ``fuse_training_pass``, the
-default) and PPO-ERA with the same computation recorded op by op. Timing whole ``train()`` calls a few tenths of a second long, in turn, keeps a drift of the machine's
-speed out of the ratios, which ``benchmarks/sb3_throughput.py``'s update timings (one rollout and one update per
-model per repeat) cannot on a noisy 2-core machine. Ratio = PPO's time / the model's time (its throughput
-relative to PPO's). Process CPU time, one thread. Prints a table, writes JSON::
+default) and PPO-ERA with the same computation recorded op by op. Timing whole ``train()`` calls a few tenths
+of a second long, in turn, keeps a drift of the machine's speed out of the ratios, which
+``benchmarks/sb3_throughput.py``'s update timings (one rollout and one update per model per repeat) cannot on a
+noisy 2-core machine. Ratio = PPO's time / the model's time (its throughput relative to PPO's). Process CPU time,
+one thread. Prints a table, writes JSON::
 
     python benchmarks/ppo_update.py --repeats 15
 """
