@@ -73,6 +73,16 @@ def valid_parameters(mean: th.Tensor, log_std: th.Tensor) -> bool:
     return not np.isnan(mean.detach().numpy()).any() and bool((scale > 0).all())
 
 
+def carries_gradient(grad: th.Tensor | None) -> bool:
+    """Whether an output's gradient adds anything to a backward: given, and not all zeros.
+
+    PPO and A2C-ERA (``ent_coef=0``) multiply the entropy by zero in their loss, so its gradient is exactly zero;
+    the entropy's terms of :class:`TanhTruncatedLogProbAndEntropy`'s backward, finite for valid parameters, then add
+    exactly zero to the log-probability's, and skipping them changes no gradient.
+    """
+    return grad is not None and bool(grad.any())
+
+
 def plan_training_pass(mean: th.Tensor, log_std: th.Tensor, fuse: bool) -> tuple[bool, bool]:
     """How a distribution's ``proba_distribution`` treats this pass: ``(fused, build_now)``.
 
@@ -100,7 +110,8 @@ class TanhTruncatedLogProbAndEntropy(th.autograd.Function):
     correction of a box other than ``[-1, 1]`` is subtracted from the log-probabilities and added to the entropies.
     ``actions`` are in the unit box and get no gradient.
 
-    Gradients: ``d/d mean = d/d loc (1 - loc^2)`` inside the clamp (where ``loc = tanh(mean)``), 0 where it holds
+    Gradients (the entropy's terms only where its gradient is not all zeros, :func:`carries_gradient`):
+    ``d/d mean = d/d loc (1 - loc^2)`` inside the clamp (where ``loc = tanh(mean)``), 0 where it holds
     the location; ``d/d log-std = scale d/d scale``, summed over the states for a state-independent log-std;
     through ERA's ``lmax + K softmax(z)``, ``d/dz = K s (g - <g, s>)`` for ``s = softmax(z)`` and ``g`` the log-std's
     gradient where it is above ``log_std_min`` (0 where the clamp holds it).
@@ -146,6 +157,8 @@ class TanhTruncatedLogProbAndEntropy(th.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_log_prob, grad_entropy):
         ops, saved, loc, shared_std, activation = ctx.saved
+        if grad_log_prob is not None and not carries_gradient(grad_entropy):
+            grad_entropy = None
         # (batch, 1) columns: the formulas broadcast them against the (batch, D) terms.
         grads = (
             None if g is None else g.numpy().astype("float64")[:, None] for g in (grad_log_prob, grad_entropy)

@@ -13,7 +13,7 @@ from fused_training import assert_training_matches_reference
 from sb3_era_envs import TINY_NET, ReachTargetEnv
 
 from era_core import GaussianERA
-from sb3_era import ERAA2C, ERAPPO, ERASAC, ERATQC, ERACrossQ, TruncatedNormalDistribution
+from sb3_era import ERAA2C, ERAPPO, ERASAC, ERATQC, ERACrossQ, TruncatedNormalDistribution, fused_log_prob
 from sb3_era.fused_log_prob import fusable
 
 BATCH, DIM = 32, 3
@@ -163,6 +163,31 @@ def test_training_with_the_fused_pass_ends_where_the_eager_path_does(
         return algo("MlpPolicy", ReachTargetEnv(), policy_kwargs=policy_kwargs, seed=0, **kwargs).learn(512)
 
     assert_training_matches_reference(monkeypatch, "TanhTruncatedLogProbAndEntropy", learn, eager)
+
+
+@pytest.mark.parametrize("algo", [ERAPPO, ERAA2C], ids=["ERAPPO", "ERAA2C"])
+def test_skipping_a_zero_entropy_gradient_changes_no_parameter(monkeypatch, algo):
+    """ent_coef=0: the node's backward skips the entropy's terms, and learn() ends on the same parameters."""
+    kwargs = dict(n_steps=128, batch_size=64, n_epochs=2) if algo is ERAPPO else dict(n_steps=16)
+    carries_gradient = fused_log_prob.carries_gradient
+    skipped = []
+
+    def counted(grad):
+        carries = carries_gradient(grad)
+        skipped.append(not carries)
+        return carries
+
+    def parameters_after_learn() -> list[th.Tensor]:
+        model = algo("MlpPolicy", ReachTargetEnv(), policy_kwargs=dict(net_arch=TINY_NET), seed=0, **kwargs)
+        return [p.detach().clone() for p in model.learn(512).policy.parameters()]
+
+    monkeypatch.setattr(fused_log_prob, "carries_gradient", counted)
+    with_skip = parameters_after_learn()
+    assert skipped and all(skipped)
+    monkeypatch.setattr(fused_log_prob, "carries_gradient", lambda grad: grad is not None)
+    without_skip = parameters_after_learn()
+    for got, expected in zip(with_skip, without_skip, strict=True):
+        assert th.equal(got, expected)
 
 
 def _sample_pass(mean, log_std, low, high, era=None):
