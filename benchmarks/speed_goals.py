@@ -58,7 +58,7 @@ SAC_GRADIENT_STEP_RUNS = tuple(
     for commit in ("707074b", "fe83cdc")
     for run in ("", "-run2")
 )
-PPO_RUNS = tuple(f"sb3_throughput-cpu-quiet-ppo-fe83cdc-61{run}.json" for run in ("", "-run2", "-run3"))
+PPO_RUNS = tuple(f"sb3_throughput-cpu-quiet-ppo-35095f0-61{run}.json" for run in ("", "-run2", "-run3"))
 GOALS = (
     Goal(
         "SAC-ERA, truncated normal: gradient steps/s vs SAC (`auto`), CPU",
@@ -99,7 +99,12 @@ GOALS = (
         True,
         0.95,
         # Its code did not change after d4e0e62 (be077c1 only moved a decision into a helper): both CPUs' runs.
-        (*(f"sb3_throughput-cpu-quiet-ppo-d4e0e62-61{run}.json" for run in ("", "-run2")), *PPO_RUNS),
+        (
+            *(f"sb3_throughput-cpu-quiet-ppo-d4e0e62-61{run}.json" for run in ("", "-run2")),
+            *(f"sb3_throughput-cpu-quiet-ppo-fe83cdc-61{run}.json" for run in ("", "-run2", "-run3")),
+            "sb3_throughput-cpu-quiet-ppo-b605fab-61.json",
+            *PPO_RUNS,
+        ),
         "PPO-ERA (tanh)",
         "sb3_throughput_h200-cpu.json",
     ),
