@@ -58,7 +58,9 @@ SAC_GRADIENT_STEP_RUNS = tuple(
     for commit in ("707074b", "fe83cdc")
     for run in ("", "-run2")
 )
-PPO_RUNS = tuple(f"sb3_throughput-cpu-quiet-ppo-35095f0-61{run}.json" for run in ("", "-run2", "-run3"))
+PPO_RUNS = tuple(
+    f"sb3_throughput-cpu-quiet-ppo-35095f0-61{run}.json" for run in ("", "-run2", "-run3", "-run4")
+)
 GOALS = (
     Goal(
         "SAC-ERA, truncated normal: gradient steps/s vs SAC (`auto`), CPU",
