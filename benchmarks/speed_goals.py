@@ -52,14 +52,18 @@ class Goal:
     before: str | None = None
 
 
-# SAC's gradient step did not change after 707074b (ab228fb and be077c1 refactored it): the runs of both commits.
-SAC_GRADIENT_STEP_RUNS = tuple(
-    f"sb3_throughput-cpu-quiet-sac-fine-{commit}-301{run}.json"
-    for commit in ("707074b", "fe83cdc")
-    for run in ("", "-run2")
+# SAC's gradient step did not change after 707074b (ab228fb, be077c1 and 188c60d refactored it): the runs of
+# every commit since.
+SAC_GRADIENT_STEP_RUNS = (
+    *(
+        f"sb3_throughput-cpu-quiet-sac-fine-{commit}-301{run}.json"
+        for commit in ("707074b", "fe83cdc")
+        for run in ("", "-run2")
+    ),
+    "sb3_throughput-cpu-quiet-sac-fine-e9a6333-301.json",
 )
 PPO_RUNS = tuple(
-    f"sb3_throughput-cpu-quiet-ppo-35095f0-61{run}.json" for run in ("", "-run2", "-run3", "-run4")
+    f"sb3_throughput-cpu-quiet-ppo-35095f0-61{run}.json" for run in ("", "-run2", "-run3", "-run4", "-run5")
 )
 GOALS = (
     Goal(
