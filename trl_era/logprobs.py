@@ -49,7 +49,8 @@ _GATHER_CHUNK_SIZE = 1024
 # 16 MB each), and the longest run of rescalable rows handled at once, where TRL folds with torch (CPUs).
 _ROW_BLOCK_SIZE = 128
 # The longest run of rescalable rows handled at once where TRL's Triton kernel folds (GPUs): a GPU pays per launch,
-# so one response's rows go in one piece; float32 temporaries of 1024 x 32768 x 4 B = 128 MB each.
+# so one response's rows go in one piece. The kernel holds no temporaries; the backward copies a run's tile rows
+# only where the loss also reads them at T (1024 x 32768 x 2 B = 64 MB in bfloat16).
 _TRITON_RUN_SIZE = 1024
 
 
@@ -80,14 +81,15 @@ class _TwoTemperatureLogProbs(torch.autograd.Function):
     two factors ``c`` on the rows that may be rescaled, from the same logit tiles (one pass over the vocabulary).
 
     Every tile is projected and folded by TRL's own code (its Triton kernel on GPUs, its torch fold elsewhere), so
-    the outputs at ``T`` are TRL's, bit for bit. On the rescalable rows the same tile, once TRL's fold has read it,
-    is turned in place into the running sums ``sum_v exp(c (z_v - m))``, where ``z = transform(logits) / T`` and
-    ``m`` is TRL's running max, so that ``log_softmax(c z)`` of the label is ``c z_label - c m - log(sum)``; the
-    rescalable rows are runs of consecutive tokens (one per response), read as views of the tile, so no copy of the
-    logits is made. The backward recomputes each tile as TRL's does and turns it into the logits' gradient in row
-    blocks: TRL's fold on the rows that were not rescaled, ``g c (onehot - softmax(c z)) dz/dlogits`` written in
-    place on the rows that were (added to TRL's fold where those rows also have a gradient at ``T``), with ``c``
-    the one factor whose output has a gradient on that row.
+    the outputs at ``T`` are TRL's, bit for bit. TRL's fold only reads the tile; the rescalable rows, runs of
+    consecutive tokens (one per response) read as views of the tile, are then folded again by the same code at the
+    inverse temperature ``c / T``, into running statistics of their own: ``log_softmax(c z)`` of the label, with
+    ``z = transform(logits) / T``, is that fold's target logit less its log-sum-exp. No copy of the logits is made
+    and a GPU reads each rescalable row once more per factor, in one kernel launch per run. The backward recomputes
+    each tile as TRL's does and turns it into the logits' gradient in row blocks: TRL's fold at ``T`` on the rows
+    that were not rescaled, and on those that were its fold at ``c / T`` with ``c`` the one factor whose output has
+    a gradient on that row (``g c (onehot - softmax(c z)) dz/dlogits``), in place or, where those rows also have a
+    gradient at ``T``, on a copy added to TRL's fold at ``T``.
     """
 
     @staticmethod
@@ -117,66 +119,45 @@ class _TwoTemperatureLogProbs(torch.autograd.Function):
             "HAS_SOFTCAP": softcap is not None,
         }
         flags = {f"HAS_{name.upper()}": name in outputs for name in _trl_kernels.OPTIONAL_OUTPUTS}
-        stats = {
-            name: torch.full((n_tokens,), value, device=device, dtype=torch.float32)
-            for name, value in (
-                ("running_max", -math.inf),
-                ("sum_exp", 0.0),
-                ("x_sum_exp", 0.0),
-                ("sq_sum_exp", 0.0),
-                ("z_sum", 0.0),
-                ("max_before_target", -math.inf),
-                ("target_logit", 0.0),
-            )
-        }
-        running_max = stats["running_max"]
-        factor_t = torch.tensor(factors, device=device, dtype=torch.float32)
-        # Zero outside the rescalable rows, which only read their own.
-        scaled_sum_exp = torch.zeros((n_tokens, len(factors)), device=device, dtype=torch.float32)
+        stats = _fold_statistics(n_tokens, device)
+        # TRL's statistics again at each factor c, on the rescalable rows only: its fold at inverse temperature c / T.
+        factor_stats = [_fold_statistics(n_tokens, device) for _ in factors]
+        factor_args = [{**kernel_args, "inv_t": factor * kernel_args["inv_t"]} for factor in factors]
+        no_outputs = {name: False for name in flags}
         token_chunk = _trl_kernels.TOKEN_CHUNK_SIZE
-        fold = _trl_kernels._forward_kernel if _trl_kernels._use_triton(device) else None
-        runs = _row_runs(rescalable, token_chunk, _longest_run(fold is not None))
+        use_triton = _trl_kernels._use_triton(device)
+        runs = _row_runs(rescalable, token_chunk, _longest_run(use_triton))
         mm_buf = torch.empty((min(n_tokens, token_chunk), chunk_size), device=device, dtype=compute_dtype)
         for token_start in range(0, n_tokens, token_chunk):
             token_end = min(token_start + token_chunk, n_tokens)
             n = token_end - token_start
             hidden_chunk = hidden[token_start:token_end].to(compute_dtype)
-            chunk_runs = [(r0, r1) for r0, r1 in runs if token_start <= r0 < token_end]
+            chunk_runs = [(r0, r1) for r0, r1, _ in runs if token_start <= r0 < token_end]
             for start in range(0, vocab, chunk_size):
                 end = min(start + chunk_size, vocab)
                 tile = mm_buf[:n, : end - start]
                 torch.mm(hidden_chunk, weight[start:end].to(compute_dtype).t(), out=tile)
                 if bias is not None:
                     tile.add_(bias[start:end].to(compute_dtype))
-                previous_max = running_max[token_start:token_end].clone() if chunk_runs else None
-                (fold[(n,)] if fold is not None else _trl_kernels._forward_tile)(
-                    tile,
-                    tile.stride(0),
-                    targets[token_start:token_end],
-                    *(stats[name][token_start:token_end] for name in stats),
-                    start,
-                    end - start,
-                    BLOCK_SIZE=_trl_kernels._BLOCK_SIZE,
-                    **flags,
-                    **kernel_args,
-                )
-                if not chunk_runs:
-                    continue
-                # The running sums follow the new running max (zero rows, outside the runs, stay zero); then TRL's
-                # fold having read the tile, its rescalable rows become their sums, in place.
-                chunk_sums = scaled_sum_exp[token_start:token_end]
-                chunk_sums.mul_(
-                    torch.exp(factor_t * (previous_max - running_max[token_start:token_end])[:, None])
+                # TRL's fold reads the tile without writing it: the rescalable rows' runs are folded again from it.
+                _trl_forward_fold(
+                    tile, token_start, targets, stats, start, end - start, flags, kernel_args, use_triton
                 )
                 for r0, r1 in chunk_runs:
-                    chunk_sums[r0 - token_start : r1 - token_start] += _scaled_exp_sums_(
-                        _float32_rows(tile[r0 - token_start : r1 - token_start]),
-                        kernel_args,
-                        running_max[r0:r1],
-                        factors,
-                    )
+                    for fold_stats, args in zip(factor_stats, factor_args, strict=True):
+                        _trl_forward_fold(
+                            tile[r0 - token_start : r1 - token_start],
+                            r0,
+                            targets,
+                            fold_stats,
+                            start,
+                            end - start,
+                            no_outputs,
+                            args,
+                            use_triton,
+                        )
 
-        sum_exp, target_logit = stats["sum_exp"], stats["target_logit"]
+        running_max, sum_exp, target_logit = stats["running_max"], stats["sum_exp"], stats["target_logit"]
         log_z = running_max + torch.log(sum_exp)
         logprobs = target_logit - log_z
         entropy = log_z - stats["x_sum_exp"] / sum_exp if "entropy" in outputs else None
@@ -190,20 +171,19 @@ class _TwoTemperatureLogProbs(torch.autograd.Function):
             else None
         )
         # log_softmax(c z) of the label on the rescalable rows; elsewhere a finite filler that no gradient reads.
-        scaled_log_z = factor_t * running_max[:, None] + torch.log(scaled_sum_exp)
+        scaled_log_z = torch.stack([s["running_max"] + torch.log(s["sum_exp"]) for s in factor_stats], -1)
         scaled_log_z = torch.where(rescalable[:, None], scaled_log_z, 0.0)
-        scaled_logprobs = torch.where(
-            rescalable[:, None], factor_t * target_logit[:, None] - scaled_log_z, 0.0
-        )
+        scaled_target = torch.stack([s["target_logit"] for s in factor_stats], -1)
+        scaled_logprobs = torch.where(rescalable[:, None], scaled_target - scaled_log_z, 0.0)
 
         ctx.save_for_backward(
             hidden, weight, bias, targets, log_z, log_z if entropy is None else entropy, scaled_log_z
         )
-        ctx.compute_dtype, ctx.chunk_size, ctx.kernel_args, ctx.factors = (
+        ctx.compute_dtype, ctx.chunk_size, ctx.kernel_args, ctx.factor_args = (
             compute_dtype,
             chunk_size,
             kernel_args,
-            factors,
+            factor_args,
         )
         ctx.mark_non_differentiable(*(x for x in (log_sum_sq, mean_logits, is_top1) if x is not None))
         return logprobs, entropy, log_sum_sq, mean_logits, is_top1, scaled_logprobs
@@ -228,15 +208,16 @@ class _TwoTemperatureLogProbs(torch.autograd.Function):
                 raise RuntimeError("each row's ERA log-prob must be read at one factor only")
             chosen = nonzero.float().argmax(dim=-1, keepdim=True)
             row_grad = grad_scaled.gather(-1, chosen).squeeze(-1)
-            row_factor = torch.tensor(ctx.factors, device=hidden.device, dtype=torch.float32)[
-                chosen.squeeze(-1)
-            ]
             row_log_z = scaled_log_z.gather(-1, chosen).squeeze(-1)
             active = row_grad != 0
-            active_runs = _row_runs(active, token_chunk, _longest_run(use_triton))
+            # Runs labelled by their factor's index + 1: TRL's fold takes one temperature per call.
+            active_runs = _row_runs(
+                torch.where(active, chosen.squeeze(-1) + 1, 0), token_chunk, _longest_run(use_triton)
+            )
             # Rows rescaled and without a gradient at T (the usual case: the loss reads them at their factor only)
             # get their gradient in place of TRL's fold, which would give them zero.
             overwrite = grad_entropy is None and (grad_logprobs is None or not grad_logprobs[active].any())
+        factor_args = ctx.factor_args
         with maybe_gather_lm_head_ctx(weight, bias):
             vocab = weight.shape[0]
             grad_hidden = (
@@ -267,37 +248,44 @@ class _TwoTemperatureLogProbs(torch.autograd.Function):
                     torch.mm(hidden_chunk, w_chunk.t(), out=tile)
                     if bias is not None:
                         tile.add_(bias[start:end].to(compute_dtype))
-                    for b0, b1, rescaled in blocks:
+                    for b0, b1, label in blocks:
                         rows = tile[b0 - token_start : b1 - token_start]
-                        extra = None
-                        if rescaled:
-                            # Computed from the logits before TRL's fold overwrites them, unless it replaces it.
-                            extra = _scaled_logprob_logit_grad_(
-                                _float32_rows(rows) if overwrite else rows.to(torch.float32, copy=True),
-                                kernel_args,
-                                targets[b0:b1] - start,
-                                row_factor[b0:b1],
-                                row_log_z[b0:b1],
-                                row_grad[b0:b1],
-                            )
-                        if not (rescaled and overwrite):
+                        tokens, n_cols = slice(b0, b1), end - start
+                        # A rescaled row's gradient at its factor c is TRL's fold at inverse temperature c / T: in
+                        # place of its fold at T (which gives the row zero), or added to it.
+                        scaled = None
+                        if label:
+                            scaled = rows if overwrite else rows.clone()
                             _trl_backward_fold(
-                                rows,
-                                slice(b0, b1),
+                                scaled,
+                                tokens,
                                 targets,
-                                log_z,
-                                entropy,
-                                grad_logprobs,
-                                grad_entropy,
+                                row_log_z,
+                                row_log_z,
+                                row_grad,
+                                None,
                                 start,
-                                end - start,
-                                kernel_args,
+                                n_cols,
+                                factor_args[label - 1],
                                 use_triton,
                             )
-                        if extra is not None and not overwrite:
-                            rows.add_(extra.to(rows.dtype))
-                        elif extra is not None and extra.data_ptr() != rows.data_ptr():
-                            rows.copy_(extra)
+                        if scaled is rows:
+                            continue
+                        _trl_backward_fold(
+                            rows,
+                            tokens,
+                            targets,
+                            log_z,
+                            entropy,
+                            grad_logprobs,
+                            grad_entropy,
+                            start,
+                            n_cols,
+                            kernel_args,
+                            use_triton,
+                        )
+                        if scaled is not None:
+                            rows.add_(scaled)
                     if grad_hidden is not None:
                         _trl_kernels._addmm_fp32(grad_hidden[token_start:token_end], tile, w_chunk)
                     if grad_weight is not None:
@@ -312,44 +300,79 @@ class _TwoTemperatureLogProbs(torch.autograd.Function):
         )
 
 
+def _fold_statistics(n_tokens: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """The running statistics TRL's forward fold reads and updates, per token, in its order, before the first tile."""
+    return {
+        name: torch.full((n_tokens,), value, device=device, dtype=torch.float32)
+        for name, value in (
+            ("running_max", -math.inf),
+            ("sum_exp", 0.0),
+            ("x_sum_exp", 0.0),
+            ("sq_sum_exp", 0.0),
+            ("z_sum", 0.0),
+            ("max_before_target", -math.inf),
+            ("target_logit", 0.0),
+        )
+    }
+
+
+def _trl_forward_fold(
+    tile, first_token, targets, stats, vocab_start, n_cols, flags, kernel_args, use_triton
+) -> None:
+    """TRL's forward fold (its Triton kernel or torch code) of the tile of tokens from ``first_token`` into their
+    ``stats`` (:func:`_fold_statistics`), which the ``flags`` (``HAS_ENTROPY``, ...) ask for; the tile is read only."""
+    tokens = slice(first_token, first_token + tile.shape[0])
+    fold = _trl_kernels._forward_kernel[(tile.shape[0],)] if use_triton else _trl_kernels._forward_tile
+    fold(
+        tile,
+        tile.stride(0),
+        targets[tokens],
+        *(value[tokens] for value in stats.values()),
+        vocab_start,
+        n_cols,
+        BLOCK_SIZE=_trl_kernels._BLOCK_SIZE,
+        **flags,
+        **kernel_args,
+    )
+
+
 def _longest_run(use_triton: bool) -> int:
     """Rows of one run of rescalable rows handled at once: TRL's Triton fold (GPUs) or its torch fold (CPUs)."""
     return _TRITON_RUN_SIZE if use_triton else _ROW_BLOCK_SIZE
 
 
-def _row_runs(mask: torch.Tensor, token_chunk: int, max_rows: int) -> list[tuple[int, int]]:
-    """The runs ``[r0, r1)`` of consecutive ``True`` rows of ``mask``, cut at token-chunk boundaries and into
-    pieces of at most ``max_rows`` rows (one host sync)."""
-    flags = torch.cat([mask.new_zeros(1), mask, mask.new_zeros(1)]).to(torch.int8)
-    edges = flags.diff().nonzero().squeeze(-1).tolist()
+def _row_runs(labels: torch.Tensor, token_chunk: int, max_rows: int) -> list[tuple[int, int, int]]:
+    """The runs ``(r0, r1, label)`` of consecutive rows of one nonzero label (``True`` for a mask), cut at
+    token-chunk boundaries and into pieces of at most ``max_rows`` rows (one host sync)."""
+    padded = torch.cat([labels.new_zeros(1), labels, labels.new_zeros(1)]).to(torch.int64)
+    changes = padded.diff().nonzero().squeeze(-1)
+    edges, values = torch.stack([changes, padded[changes + 1]]).tolist()
     runs = []
-    for run_start, run_end in zip(edges[::2], edges[1::2], strict=True):
+    for run_start, run_end, label in zip(edges, edges[1:], values, strict=False):
         cut = run_start
-        while cut < run_end:
+        while label and cut < run_end:
             next_cut = min(run_end, cut + max_rows, (cut // token_chunk + 1) * token_chunk)
-            runs.append((cut, next_cut))
+            runs.append((cut, next_cut, label))
             cut = next_cut
     return runs
 
 
 def _row_blocks(
-    token_start: int, token_end: int, runs: list[tuple[int, int]], block: int
-) -> list[tuple[int, int, bool]]:
-    """``[token_start, token_end)`` cut into blocks ``(b0, b1, rescaled)`` of at most ``block`` rows: the ``runs``
-    inside it (``rescaled``), and the rows between them."""
+    token_start: int, token_end: int, runs: list[tuple[int, int, int]], block: int
+) -> list[tuple[int, int, int]]:
+    """``[token_start, token_end)`` cut into blocks ``(b0, b1, label)`` of at most ``block`` rows: the ``runs``
+    inside it (with their label), and the rows between them (label 0)."""
     blocks, cut = [], token_start
-    for r0, r1 in [*(run for run in runs if token_start <= run[0] < token_end), (token_end, token_end)]:
+    for r0, r1, label in [
+        *(run for run in runs if token_start <= run[0] < token_end),
+        (token_end, token_end, 0),
+    ]:
         for b0 in range(cut, r0, block):
-            blocks.append((b0, min(b0 + block, r0), False))
+            blocks.append((b0, min(b0 + block, r0), 0))
         if r1 > r0:
-            blocks.append((r0, r1, True))
+            blocks.append((r0, r1, label))
         cut = r1
     return blocks
-
-
-def _float32_rows(rows: torch.Tensor) -> torch.Tensor:
-    """``rows`` itself when float32 (to be overwritten in place), else a float32 copy."""
-    return rows if rows.dtype == torch.float32 else rows.float()
 
 
 def _trl_backward_fold(
@@ -388,63 +411,6 @@ def _trl_backward_fold(
         BLOCK_SIZE=_trl_kernels._BLOCK_SIZE,
         **kernel_args,
     )
-
-
-def _transform_(logits: torch.Tensor, kernel_args: dict) -> torch.Tensor:
-    """``z = transform(logits) / T`` as TRL's fold computes it (up to rounding), in place on float32 ``logits``;
-    with softcapping, returns ``tanh(logit_scale * logits / softcap)`` instead (``z = softcap * inv_t * it``)."""
-    if kernel_args["HAS_SOFTCAP"]:
-        return logits.mul_(kernel_args["logit_scale"] / kernel_args["softcap"]).tanh_()
-    return logits.mul_(kernel_args["logit_scale"] * kernel_args["inv_t"])
-
-
-def _z_per_transformed(kernel_args: dict) -> float:
-    """``z`` per unit of what :func:`_transform_` leaves."""
-    return kernel_args["softcap"] * kernel_args["inv_t"] if kernel_args["HAS_SOFTCAP"] else 1.0
-
-
-def _scaled_exp_sums_(
-    logits: torch.Tensor, kernel_args: dict, running_max: torch.Tensor, factors: tuple[float, ...]
-) -> torch.Tensor:
-    """``(rows, len(factors))``: ``sum_v exp(c (z_v - m))`` for each factor ``c``, from float32 ``logits`` rows,
-    which are overwritten."""
-    shifted = _transform_(logits, kernel_args)
-    if _z_per_transformed(kernel_args) != 1.0:
-        shifted.mul_(_z_per_transformed(kernel_args))
-    shifted.sub_(running_max[:, None])
-    *first, last = factors
-    sums = [torch.mul(shifted, factor).exp_().sum(-1) for factor in first]
-    return torch.stack([*sums, shifted.mul_(last).exp_().sum(-1)], dim=-1)
-
-
-def _scaled_logprob_logit_grad_(
-    logits: torch.Tensor,
-    kernel_args: dict,
-    local_targets: torch.Tensor,
-    factor: torch.Tensor,
-    log_z: torch.Tensor,
-    grad: torch.Tensor,
-) -> torch.Tensor:
-    """``grad * d log_softmax(factor * z)[target] / d logits`` for a few rows of a tile, computed in place on the
-    float32 ``logits`` rows (returned). ``local_targets`` outside ``[0, n_cols)`` are in another tile."""
-    n_cols = logits.shape[-1]
-    # d z / d logits = logit_scale * inv_t (times 1 - tanh^2 with softcapping).
-    coef = grad * factor * (kernel_args["logit_scale"] * kernel_args["inv_t"])
-    transformed = _transform_(logits, kernel_args)
-    scale = (factor * _z_per_transformed(kernel_args))[:, None]
-    if kernel_args["HAS_SOFTCAP"]:
-        prob = torch.exp(transformed * scale - log_z[:, None])
-        out = transformed.square_().neg_().add_(1.0).mul_(coef[:, None])
-    else:
-        prob = transformed.mul_(scale).sub_(log_z[:, None]).exp_()
-        out = prob.mul_(-coef[:, None])
-    in_tile = (local_targets >= 0) & (local_targets < n_cols)
-    target_column = local_targets.clamp(0, n_cols - 1)[:, None]
-    if kernel_args["HAS_SOFTCAP"]:
-        # (onehot - p) (1 - t^2) coef
-        out_p = prob.neg_().scatter_add_(1, target_column, in_tile.to(prob.dtype)[:, None])
-        return out.mul_(out_p)
-    return out.scatter_add_(1, target_column, (coef * in_tile)[:, None])
 
 
 class _OnePassScoring:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from datasets import Dataset
@@ -82,3 +84,16 @@ def config_kwargs(tmp_path) -> dict:
         gradient_checkpointing=False,
         seed=0,
     )
+
+
+#: Set by `test_tritons_fold_...` for the tests it runs again in a subprocess under Triton's CPU interpreter
+#: (`TRITON_INTERPRET=1`): TRL's fused head then folds its tiles with its Triton kernels, as on GPUs.
+TRITON_FOLD = os.environ.get("ERA_TEST_TRITON_FOLD") == "1"
+
+
+@pytest.fixture(autouse=TRITON_FOLD)
+def triton_fold(monkeypatch) -> None:
+    """TRL's fused head folds with its Triton kernels whatever the device (run by Triton's interpreter on the CPU)."""
+    from trl.kernels import chunked_logprob
+
+    monkeypatch.setattr(chunked_logprob, "_use_triton", lambda device: True)

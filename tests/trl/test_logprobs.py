@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import copy
+import os
 import re
+import subprocess
+import sys
 import warnings
 from collections.abc import Callable
 from typing import NamedTuple
@@ -23,7 +26,7 @@ from era_core import (
     response_factor_values,
     scaled_token_logprobs,
 )
-from tests.trl.conftest import VOCAB_SIZE, build_model
+from tests.trl.conftest import TRITON_FOLD, VOCAB_SIZE, build_model
 from trl_era import logprobs
 from trl_era.logprobs import ScaledLogProbHead, capture_last_hidden_state
 
@@ -134,10 +137,12 @@ def one_pass_against_reference(
 
 def many_tiles(monkeypatch) -> None:
     """Vocabulary, token and row tiles that do not divide the sizes (runs of rescaled rows cut across them): the
-    last vocabulary tile of the 294 tokens has 4 columns, the last token chunk of the 42 positions 2 rows."""
-    assert VOCAB_SIZE % 5 != 0
-    monkeypatch.setattr(trl_utils, "_CHUNKED_LOGPROB_CHUNK_SIZE", 5)
-    monkeypatch.setattr(trl_kernels, "TOKEN_CHUNK_SIZE", 4)
+    last vocabulary tile of the 294 tokens has 4 columns, the last token chunk of the 42 positions 2 rows; under
+    Triton's interpreter, which pays per kernel launch, 94 columns and 10 rows."""
+    vocab_chunk, token_chunk = (100, 16) if TRITON_FOLD else (5, 4)
+    assert VOCAB_SIZE % vocab_chunk != 0
+    monkeypatch.setattr(trl_utils, "_CHUNKED_LOGPROB_CHUNK_SIZE", vocab_chunk)
+    monkeypatch.setattr(trl_kernels, "TOKEN_CHUNK_SIZE", token_chunk)
     monkeypatch.setattr(logprobs, "_ROW_BLOCK_SIZE", 2)
     monkeypatch.setattr(logprobs, "_TRITON_RUN_SIZE", 2)
 
@@ -188,6 +193,27 @@ def test_rescaled_rows_match_full_logits_reference_and_others_stay_trl(k, device
     weights = torch.randn(scored.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     weights = weights.to(device) * scored
     assert_gradients_close(model, era, reference_model, reference, weights, dtype)
+
+
+@pytest.mark.skipif(TRITON_FOLD, reason="runs this file's tests under Triton's interpreter: this is that run")
+def test_this_file_passes_with_trls_triton_kernels_run_by_tritons_cpu_interpreter():
+    """GPUs fold the logit tiles with TRL's Triton kernels, ERA's rescaled rows included: this file's tests again in a
+    subprocess where Triton's interpreter runs those kernels on the CPU (``TRITON_INTERPRET`` is read when they are
+    defined)."""
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "1", "ERA_TEST_TRITON_FOLD": "1"}
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow", __file__]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+
+
+@pytest.mark.skipif(not TRITON_FOLD, reason="checks the run under Triton's interpreter (the test above)")
+def test_the_folds_are_trls_triton_kernels_run_by_tritons_interpreter():
+    from triton.runtime.interpreter import InterpretedFunction
+
+    assert trl_kernels._use_triton(torch.device("cpu"))
+    assert isinstance(trl_kernels._forward_kernel, InterpretedFunction)
+    assert isinstance(trl_kernels._backward_kernel, InterpretedFunction)
 
 
 def test_rows_kept_at_factor_one_get_trls_gradients_bit_for_bit():
@@ -317,6 +343,9 @@ def test_a_biased_lm_head_matches_the_reference_with_the_bias_gradient(monkeypat
     assert_gradients_close(model, era, model, reference, weights, "float64")
 
 
+@pytest.mark.skipif(
+    TRITON_FOLD, reason="Triton's interpreter rounds float32 to bfloat16 toward zero (a GPU, to nearest)"
+)
 def test_one_pass_under_bfloat16_autocast_matches_the_reference(monkeypatch):
     """TRL's default mixed precision: the logit tiles in bfloat16 (float32 hidden states and head)."""
     many_tiles(monkeypatch)
@@ -338,6 +367,7 @@ def test_one_pass_under_bfloat16_autocast_matches_the_reference(monkeypatch):
         torch.testing.assert_close(got.double(), expected, rtol=0.1, atol=0.01)
 
 
+@pytest.mark.skipif(TRITON_FOLD, reason="TRL's Triton kernel holds no temporaries: it folds whole tiles")
 def test_the_backward_folds_the_rows_kept_at_t_a_row_block_at_a_time_on_cpus(monkeypatch):
     """TRL's torch fold holds float32 temporaries of the whole tile it gets: on CPUs it gets row blocks."""
     many_tiles(monkeypatch)
@@ -717,19 +747,19 @@ def test_without_top_k_a_head_call_needs_the_one_pass_scoring():
 
 
 def test_row_blocks_cover_the_token_range_with_the_runs_inside_it():
-    """Rows between the runs in blocks of at most `block` rows, each run inside the range as one block, no empty
-    block (nor one for the runs of other token chunks)."""
-    assert logprobs._row_blocks(0, 8, [(2, 4), (6, 8)], 3) == [
-        (0, 2, False),
-        (2, 4, True),
-        (4, 6, False),
-        (6, 8, True),
+    """Rows between the runs in blocks of at most `block` rows (label 0), each run inside the range as one block with
+    its label, no empty block (nor one for the runs of other token chunks)."""
+    assert logprobs._row_blocks(0, 8, [(2, 4, 1), (6, 8, 2)], 3) == [
+        (0, 2, 0),
+        (2, 4, 1),
+        (4, 6, 0),
+        (6, 8, 2),
     ]
-    assert logprobs._row_blocks(8, 16, [(2, 4), (9, 10), (16, 18)], 3) == [
-        (8, 9, False),
-        (9, 10, True),
-        (10, 13, False),
-        (13, 16, False),
+    assert logprobs._row_blocks(8, 16, [(2, 4, 1), (9, 10, 2), (16, 18, 1)], 3) == [
+        (8, 9, 0),
+        (9, 10, 2),
+        (10, 13, 0),
+        (13, 16, 0),
     ]
 
 
@@ -783,15 +813,33 @@ def test_row_runs_are_cut_at_token_chunks_and_into_row_blocks():
     """The runs of `True` rows, each cut where a token chunk ends and into pieces of at most `max_rows` rows."""
     mask = torch.tensor([0, 1, 1, 1, 1, 1, 0, 1, 1, 0, 0, 1], dtype=torch.bool)
     assert logprobs._row_runs(mask, token_chunk=4, max_rows=2) == [
-        (1, 3),
-        (3, 4),
-        (4, 6),
-        (7, 8),
-        (8, 9),
-        (11, 12),
+        (1, 3, 1),
+        (3, 4, 1),
+        (4, 6, 1),
+        (7, 8, 1),
+        (8, 9, 1),
+        (11, 12, 1),
     ]
-    assert logprobs._row_runs(mask, token_chunk=4, max_rows=4) == [(1, 4), (4, 6), (7, 8), (8, 9), (11, 12)]
+    assert logprobs._row_runs(mask, token_chunk=4, max_rows=4) == [
+        (1, 4, 1),
+        (4, 6, 1),
+        (7, 8, 1),
+        (8, 9, 1),
+        (11, 12, 1),
+    ]
     assert logprobs._row_runs(torch.zeros(5, dtype=torch.bool), token_chunk=4, max_rows=2) == []
+
+
+def test_row_runs_of_labels_end_where_the_label_changes():
+    """Adjacent rows of different nonzero labels (factors) are separate runs; label 0 rows are in none."""
+    labels = torch.tensor([2, 2, 1, 1, 1, 0, 2, 1])
+    assert logprobs._row_runs(labels, token_chunk=8, max_rows=2) == [
+        (0, 2, 2),
+        (2, 4, 1),
+        (4, 5, 1),
+        (6, 7, 2),
+        (7, 8, 1),
+    ]
 
 
 def test_a_one_pass_for_other_labels_than_the_forwards_is_refused():
