@@ -248,7 +248,8 @@ def render() -> str:
         '2-core machine (TRL on the CPU); "now": the latest committed measurement, one value or pair per run, '
         "and the earlier runs, on any CPU, of code that has not changed since (ratios differ from one CPU to "
         "another, which the result files name, and between runs by a few percent); "
-        '"met": every value of every run on the goal\'s side. The commands that rewrite the files (then '
+        '"met": every value of every run on the goal\'s side ("not measured since" a commit: its code changed after '
+        "its last runs, whose values the row shows). The commands that rewrite the files (then "
         "`PYTHONPATH=. python benchmarks/speed_goals.py --write` rewrites this table):"
     )
     lines += [

@@ -86,8 +86,9 @@ def config_kwargs(tmp_path) -> dict:
     )
 
 
-#: Set by `test_tritons_fold_...` for the tests it runs again in a subprocess under Triton's CPU interpreter
-#: (`TRITON_INTERPRET=1`): TRL's fused head then folds its tiles with its Triton kernels, as on GPUs.
+#: Set by `test_this_file_passes_with_trls_triton_kernels_run_by_tritons_cpu_interpreter` (test_logprobs.py) for the
+#: tests it runs again in a subprocess under Triton's CPU interpreter (`TRITON_INTERPRET=1`): TRL's fused head then
+#: folds its tiles with its Triton kernels, as on GPUs.
 TRITON_FOLD = os.environ.get("ERA_TEST_TRITON_FOLD") == "1"
 
 
