@@ -67,9 +67,15 @@ SAC_GRADIENT_STEP_RUNS = (
         for run in ("", "-run2")
     ),
     "sb3_throughput-cpu-quiet-sac-fine-e9a6333-301.json",
+    "sb3_throughput-cpu-quiet-sac-fine-2a96358-301.json",
 )
-PPO_RUNS = tuple(
-    f"sb3_throughput-cpu-quiet-ppo-35095f0-61{run}.json" for run in ("", "-run2", "-run3", "-run4", "-run5")
+# PPO-ERA's code did not change after 35095f0: its runs and those of later commits.
+PPO_RUNS = (
+    *(
+        f"sb3_throughput-cpu-quiet-ppo-35095f0-61{run}.json"
+        for run in ("", "-run2", "-run3", "-run4", "-run5")
+    ),
+    *(f"sb3_throughput-cpu-quiet-ppo-2a96358-61{run}.json" for run in ("", "-run2")),
 )
 GOALS = (
     Goal(
@@ -95,6 +101,7 @@ GOALS = (
         (
             "sb3_throughput-cpu-quiet-sac-learn-2786316.json",
             "sb3_throughput-cpu-quiet-sac-learn-8b5dd92.json",
+            "sb3_throughput-cpu-quiet-sac-learn-2a96358.json",
         ),
         "SAC-ERA learn() (truncated)",
     ),
